@@ -1,0 +1,130 @@
+//! The gateway: pushes every order status change to WebSocket clients.
+//!
+//! ```text
+//! ServiceSupervisor("gateway")
+//! ├── Hub                    who follows which order (essential)
+//! ├── ConnectionSupervisor   one WsConnection per client (essential)
+//! │   └── WsConnection ...
+//! └── EventConsumer          order-events -> OrderUpdates (restartable)
+//! ```
+//!
+//! Each gateway process reads `order-events` in a consumer group of its
+//! own, so every replica sees every update and a client may connect to any.
+
+pub mod connection;
+pub mod connections;
+pub mod hub;
+
+use crate::events::{topics, Envelope};
+use crate::kafka::{EventHandler, HandlerError};
+use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
+use crate::service::{self, Infra, RunningService};
+use crate::supervisor::{self as sup, ChildKind};
+use crate::StartError;
+use connections::{ConnectionSupervisor, ConnectionsMsg};
+use hub::{Hub, HubMsg, StatusUpdate};
+use ractor::{Actor, ActorRef};
+use std::sync::Arc;
+use uuid::Uuid;
+use warp::ws::WebSocket;
+
+pub use hub::Follow;
+
+/// Hands `order-events` to the hub.
+pub struct OrderUpdates {
+    /// The hub.
+    pub hub: ActorRef<HubMsg>,
+}
+
+impl EventHandler for OrderUpdates {
+    async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
+        for update in batch.iter().filter_map(StatusUpdate::from_envelope) {
+            self.hub
+                .send_message(HubMsg::Publish(update))
+                .map_err(|_| HandlerError::Transient("hub is not running".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// What the HTTP routes use; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    hub: ActorRef<HubMsg>,
+    connections: ActorRef<ConnectionsMsg>,
+}
+
+impl Gateway {
+    /// Gives an upgraded socket its connection actor.
+    pub fn open(&self, socket: WebSocket, follow: Follow) {
+        if self
+            .connections
+            .send_message(ConnectionsMsg::Open { socket, follow })
+            .is_err()
+        {
+            tracing::warn!("gateway is stopping; websocket dropped");
+        }
+    }
+
+    /// Open WebSocket connections.
+    pub async fn connections(&self) -> Result<usize, RpcError> {
+        ask(
+            &self.connections,
+            "connection supervisor",
+            DEFAULT_TIMEOUT,
+            |reply| ConnectionsMsg::Count { reply },
+        )
+        .await
+    }
+
+    /// Subscribed connections, as the hub sees them.
+    pub async fn subscribers(&self) -> Result<usize, RpcError> {
+        ask(&self.hub, "hub", DEFAULT_TIMEOUT, |reply| HubMsg::Count {
+            reply,
+        })
+        .await
+    }
+}
+
+/// The running gateway.
+pub struct GatewayService {
+    /// Its supervisor.
+    pub service: RunningService,
+    /// What the HTTP routes use.
+    pub gateway: Gateway,
+}
+
+/// Starts the gateway's actor tree.
+pub async fn start(infra: &Infra) -> Result<GatewayService, StartError> {
+    let service = RunningService::start("gateway").await?;
+    let supervisor = &service.supervisor;
+    let (hub, _) = Actor::spawn_linked(None, Hub, (), supervisor.get_cell()).await?;
+    sup::adopt(supervisor, hub.get_cell(), "hub", ChildKind::Essential).await?;
+    let (connections, _) = Actor::spawn_linked(
+        None,
+        ConnectionSupervisor,
+        hub.clone(),
+        supervisor.get_cell(),
+    )
+    .await?;
+    sup::adopt(
+        supervisor,
+        connections.get_cell(),
+        "connection-supervisor",
+        ChildKind::Essential,
+    )
+    .await?;
+    service::start_consumer(
+        supervisor,
+        infra,
+        format!("gateway-{}", Uuid::new_v4()),
+        vec![topics::ORDER_EVENTS],
+        true,
+        Arc::new(OrderUpdates { hub: hub.clone() }),
+    )
+    .await?;
+    Ok(GatewayService {
+        service,
+        gateway: Gateway { hub, connections },
+    })
+}

@@ -1,0 +1,202 @@
+//! Kafka plumbing: client settings, topic creation, the embedded
+//! Kafka-protocol broker, and the consumer actor every service uses.
+
+pub mod consumer;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use std::time::Duration;
+
+pub use consumer::{ConsumerArgs, EventConsumer, EventHandler, HandlerError};
+
+/// How to reach Kafka and how topics are laid out.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Partitions per topic when the platform creates its topics.
+    pub partitions: i32,
+    /// Replication factor when the platform creates its topics.
+    pub replication: i32,
+    /// How long a consumer that vanished without leaving keeps its partitions.
+    pub session_timeout: Duration,
+}
+
+impl KafkaSettings {
+    /// Settings for `brokers` with single-node defaults.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            partitions: 6,
+            replication: 1,
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A producer that never duplicates or reorders a partition's messages
+    /// (idempotence) and only counts a message sent once all replicas have it.
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .set("client.id", "shop")
+            .create()
+    }
+
+    /// Configuration for a consumer in `group_id` that stores offsets only
+    /// when told to (after the work is durable) and commits them periodically.
+    pub fn consumer_config(&self, group_id: &str, from_latest: bool) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group_id)
+            .set("client.id", "shop")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if from_latest { "latest" } else { "earliest" },
+            )
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout.as_millis() / 4).max(100).to_string(),
+            )
+            .set("fetch.wait.max.ms", "10")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        config
+    }
+
+    /// Creates the platform's topics if they do not exist yet.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()?;
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(topic) => tracing::info!(%topic, partitions = self.partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                        tracing::error!(%topic, %code, "could not create topic");
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Kafka-protocol broker inside this process (librdkafka's mock cluster),
+/// so the platform runs on a machine with no Kafka installed. Other processes
+/// reach it over TCP at [`EmbeddedBroker::bootstrap_servers`]. It keeps
+/// everything in memory: it is for development and tests, not production.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    /// Dropping this ends the broker thread, which drops the cluster.
+    stop: Option<std::sync::mpsc::Sender<BrokerCommand>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Requests to the thread that owns the mock cluster (it is not `Send`).
+enum BrokerCommand {
+    /// Take broker `id` down (connections refused) or bring it back up.
+    SetUp(i32, bool, std::sync::mpsc::Sender<Result<(), KafkaError>>),
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster with `topics` created at `partitions` each.
+    pub fn start(topics: &[&str], partitions: i32) -> Result<Self, KafkaError> {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<BrokerCommand>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for topic in &topics {
+                    if let Err(e) = cluster.create_topic(topic, partitions, 1) {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Serve commands until every sender is gone, then drop the cluster.
+                while let Ok(command) = stop_rx.recv() {
+                    match command {
+                        BrokerCommand::SetUp(id, up, reply) => {
+                            let result = if up {
+                                cluster.broker_up(id)
+                            } else {
+                                cluster.broker_down(id)
+                            };
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            })
+            .map_err(|_| KafkaError::MockCluster(RDKafkaErrorCode::Fail))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| KafkaError::MockCluster(RDKafkaErrorCode::Fail))??;
+        Ok(Self {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address clients connect to, e.g. `127.0.0.1:39421`.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Simulates an outage (`up == false`) or its end, keeping all data.
+    pub fn set_broker_up(&self, up: bool) -> Result<(), KafkaError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fail = || KafkaError::MockCluster(RDKafkaErrorCode::Fail);
+        self.stop
+            .as_ref()
+            .ok_or_else(fail)?
+            .send(BrokerCommand::SetUp(1, up, tx))
+            .map_err(|_| fail())?;
+        rx.recv().map_err(|_| fail())?
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The order service: the REST entry point and the saga orchestrator.
+//!
+//! ```text
+//! ServiceSupervisor("order")
+//! ├── OrderRepo          Postgres: orders, items, history, saga state (essential)
+//! ├── OutboxRelay        orders.outbox -> commands and order-events (essential)
+//! ├── SagaSupervisor     one OrderSaga per in-flight order (essential)
+//! │   └── OrderSaga ...
+//! └── EventConsumer      inventory-events, payment-events -> SagaReplies (restartable)
+//! ```
+
+pub mod machine;
+pub mod model;
+pub mod products;
+pub mod replies;
+pub mod repo;
+pub mod saga;
+pub mod sagas;
+
+use crate::db::DbError;
+use crate::events::{topics, OrderStatus};
+use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
+use crate::service::{self, Infra, RunningService};
+use crate::supervisor::{self as sup, ChildKind};
+use crate::StartError;
+use machine::SagaState;
+use model::{OrderItem, OrderSummary, OrderView, PlaceOrder, PlacedOrder};
+use products::ProductClient;
+use ractor::{Actor, ActorRef};
+use repo::{NewOrder, OrderRepoMsg};
+use sagas::SagasMsg;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Why an order operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The request is invalid; nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// A product in the request does not exist; nothing was written.
+    #[error("unknown product {0}")]
+    UnknownProduct(Uuid),
+    /// A dependency is down; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<DbError> for OrderError {
+    fn from(e: DbError) -> Self {
+        OrderError::Unavailable(e.to_string())
+    }
+}
+
+impl From<RpcError> for OrderError {
+    fn from(e: RpcError) -> Self {
+        OrderError::Unavailable(e.to_string())
+    }
+}
+
+/// What the HTTP routes use; cheap to clone.
+#[derive(Clone)]
+pub struct Orders {
+    repo: ActorRef<OrderRepoMsg>,
+    sagas: ActorRef<SagasMsg>,
+    products: ProductClient,
+}
+
+impl Orders {
+    /// Validates, prices and stores an order, then starts its saga.
+    pub async fn place(&self, request: PlaceOrder) -> Result<PlacedOrder, OrderError> {
+        let order = request.validate().map_err(OrderError::Invalid)?;
+        let ids: Vec<Uuid> = order.lines.iter().map(|(id, _)| *id).collect();
+        let products = self
+            .products
+            .get_many(&ids)
+            .await
+            .map_err(|e| OrderError::Unavailable(e.to_string()))?;
+        let mut items = Vec::with_capacity(order.lines.len());
+        for (product_id, quantity) in &order.lines {
+            let product = products
+                .iter()
+                .find(|p| p.id == *product_id)
+                .ok_or(OrderError::UnknownProduct(*product_id))?;
+            items.push(OrderItem {
+                product_id: *product_id,
+                name: product.name.clone(),
+                quantity: *quantity,
+                unit_price_cents: product.price_cents,
+            });
+        }
+        let total_cents = items
+            .iter()
+            .map(|i| i.unit_price_cents * i64::from(i.quantity))
+            .sum();
+        let saga = SagaState {
+            order_id: Uuid::now_v7(),
+            customer_id: order.customer_id,
+            correlation_id: Uuid::new_v4(),
+            status: OrderStatus::Pending,
+            reason: None,
+            seq: 1,
+            items: items
+                .iter()
+                .map(|i| crate::events::OrderLine {
+                    product_id: i.product_id,
+                    quantity: i.quantity,
+                })
+                .collect(),
+            total_cents,
+            currency: "EUR".into(),
+            payment_token: order.payment_token,
+        };
+        let order_id = saga.order_id;
+        ask(&self.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
+            OrderRepoMsg::Create {
+                order: NewOrder {
+                    saga: saga.clone(),
+                    items,
+                },
+                reply,
+            }
+        })
+        .await??;
+        tracing::info!(%order_id, total_cents, "order placed");
+        // The order is durable; if this message is lost, the first reply
+        // starts the saga from Postgres instead.
+        let _ = self.sagas.send_message(SagasMsg::Begin { state: saga });
+        Ok(PlacedOrder {
+            order_id,
+            status: OrderStatus::Pending,
+        })
+    }
+
+    /// One order with items and history.
+    pub async fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, OrderError> {
+        Ok(ask(&self.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
+            OrderRepoMsg::Get { order_id, reply }
+        })
+        .await??)
+    }
+
+    /// A customer's most recent orders.
+    pub async fn list(
+        &self,
+        customer_id: String,
+        limit: i64,
+    ) -> Result<Vec<OrderSummary>, OrderError> {
+        Ok(ask(&self.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
+            OrderRepoMsg::ListByCustomer {
+                customer_id,
+                limit,
+                reply,
+            }
+        })
+        .await??)
+    }
+
+    /// How many sagas are running in this process.
+    pub async fn running_sagas(&self) -> Result<usize, OrderError> {
+        Ok(
+            ask(&self.sagas, "saga supervisor", DEFAULT_TIMEOUT, |reply| {
+                SagasMsg::Count { reply }
+            })
+            .await?,
+        )
+    }
+}
+
+/// The running order service.
+pub struct OrderService {
+    /// Its supervisor.
+    pub service: RunningService,
+    /// What the HTTP routes use.
+    pub orders: Orders,
+}
+
+/// Starts the order service's actor tree; `product_url` is the product
+/// service's base URL.
+pub async fn start(infra: &Infra, product_url: &str) -> Result<OrderService, StartError> {
+    let service = RunningService::start("order").await?;
+    let supervisor = &service.supervisor;
+    let (repo, _) = Actor::spawn_linked(
+        None,
+        repo::OrderRepo,
+        infra.pool.clone(),
+        supervisor.get_cell(),
+    )
+    .await?;
+    sup::adopt(
+        supervisor,
+        repo.get_cell(),
+        "order-repo",
+        ChildKind::Essential,
+    )
+    .await?;
+    let outbox = service::start_relay(supervisor, infra, "orders").await?;
+    let (sagas, _) = Actor::spawn_linked(
+        None,
+        sagas::SagaSupervisor,
+        sagas::SagasArgs {
+            repo: repo.clone(),
+            outbox,
+        },
+        supervisor.get_cell(),
+    )
+    .await?;
+    sup::adopt(
+        supervisor,
+        sagas.get_cell(),
+        "saga-supervisor",
+        ChildKind::Essential,
+    )
+    .await?;
+    service::start_consumer(
+        supervisor,
+        infra,
+        "order".into(),
+        vec![topics::INVENTORY_EVENTS, topics::PAYMENT_EVENTS],
+        false,
+        Arc::new(replies::SagaReplies {
+            sagas: sagas.clone(),
+        }),
+    )
+    .await?;
+    Ok(OrderService {
+        service,
+        orders: Orders {
+            repo,
+            sagas,
+            products: ProductClient::new(product_url),
+        },
+    })
+}

@@ -1,0 +1,60 @@
+//! The order service's consumer of `inventory-events` and `payment-events`:
+//! routes each reply to its order's saga and reports the batch done only
+//! when every resulting step is durable.
+
+use super::sagas::SagasMsg;
+use crate::events::{Envelope, Event};
+use crate::kafka::{EventHandler, HandlerError};
+use crate::rpc::ask;
+use futures::future::join_all;
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long one saga step may take before the batch is retried.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Handles saga replies; see the module documentation.
+pub struct SagaReplies {
+    /// Routes replies to sagas.
+    pub sagas: ActorRef<SagasMsg>,
+}
+
+impl EventHandler for SagaReplies {
+    async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
+        // Different orders proceed in parallel; one order's replies in order.
+        let mut by_order: HashMap<Uuid, Vec<Envelope>> = HashMap::new();
+        for envelope in batch {
+            match envelope.event {
+                Event::InventoryReserved(_)
+                | Event::InventoryRejected(_)
+                | Event::InventoryReleased(_)
+                | Event::PaymentAuthorized(_)
+                | Event::PaymentDeclined(_) => by_order
+                    .entry(envelope.order_id)
+                    .or_default()
+                    .push(envelope),
+                ref other => {
+                    tracing::warn!(event_type = other.type_name(), "not a saga reply; ignored")
+                }
+            }
+        }
+        let results = join_all(by_order.into_values().map(|replies| async move {
+            for envelope in replies {
+                ask(&self.sagas, "saga supervisor", STEP_TIMEOUT, |reply| {
+                    SagasMsg::Deliver { envelope, reply }
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }))
+        .await;
+        match results.into_iter().find_map(Result::err) {
+            Some(error) => Err(HandlerError::Transient(error)),
+            None => Ok(()),
+        }
+    }
+}

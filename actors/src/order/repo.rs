@@ -1,0 +1,380 @@
+//! `OrderRepo`: the order service's Postgres repository. It creates orders
+//! and persists every saga step together with the events that step sends,
+//! in one transaction (transactional outbox), guarded by the order's
+//! sequence number so two writers can never both advance the same order.
+
+use super::machine::SagaState;
+use super::model::{OrderItem, OrderSummary, OrderView, StatusEntry};
+use crate::db::DbError;
+use crate::events::{Envelope, OrderLine, OrderStatus, RejectReason};
+use crate::outbox;
+use crate::rpc::answer;
+use deadpool_postgres::Pool;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+const SCHEMA: &str = "orders";
+
+/// A priced order ready to store.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// Its saga's opening state (status PENDING, seq 1).
+    pub saga: SagaState,
+    /// Lines with names and unit prices.
+    pub items: Vec<OrderItem>,
+}
+
+/// The outcome of persisting a saga step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// Stored, with its events.
+    Applied,
+    /// The triggering event was already processed; nothing stored.
+    Duplicate,
+    /// The order moved on since the saga read it; reload and decide again.
+    Stale,
+}
+
+/// The repository actor; see the module documentation.
+pub struct OrderRepo;
+
+/// Messages of [`OrderRepo`].
+pub enum OrderRepoMsg {
+    /// Stores a new order with its OrderCreated and ReserveInventory messages.
+    Create {
+        /// The order.
+        order: NewOrder,
+        /// Done once committed.
+        reply: RpcReplyPort<Result<(), DbError>>,
+    },
+    /// Reads an order's saga state.
+    LoadSaga {
+        /// The order.
+        order_id: Uuid,
+        /// Its state, or `None` if there is no such order.
+        reply: RpcReplyPort<Result<Option<SagaState>, DbError>>,
+    },
+    /// Persists one saga step.
+    Advance {
+        /// The reply that caused the step, recorded as processed.
+        event_id: Uuid,
+        /// The sequence number the step was decided from.
+        from_seq: i32,
+        /// The state after the step.
+        next: SagaState,
+        /// Lifecycle events and commands the step sends.
+        messages: Vec<Envelope>,
+        /// What happened.
+        reply: RpcReplyPort<Result<Advance, DbError>>,
+    },
+    /// Reads one order with its items and history.
+    Get {
+        /// The order.
+        order_id: Uuid,
+        /// The order, or `None`.
+        reply: RpcReplyPort<Result<Option<OrderView>, DbError>>,
+    },
+    /// Lists a customer's most recent orders.
+    ListByCustomer {
+        /// The customer.
+        customer_id: String,
+        /// At most this many, newest first.
+        limit: i64,
+        /// The orders.
+        reply: RpcReplyPort<Result<Vec<OrderSummary>, DbError>>,
+    },
+}
+
+impl Actor for OrderRepo {
+    type Msg = OrderRepoMsg;
+    type State = Pool;
+    type Arguments = Pool;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        pool: Pool,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(pool)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        pool: &mut Pool,
+    ) -> Result<(), ActorProcessingErr> {
+        let pool = pool.clone();
+        match message {
+            OrderRepoMsg::Create { order, reply } => answer(reply, create(pool, order)),
+            OrderRepoMsg::LoadSaga { order_id, reply } => answer(reply, load(pool, order_id)),
+            OrderRepoMsg::Advance {
+                event_id,
+                from_seq,
+                next,
+                messages,
+                reply,
+            } => answer(reply, advance(pool, event_id, from_seq, next, messages)),
+            OrderRepoMsg::Get { order_id, reply } => answer(reply, get(pool, order_id)),
+            OrderRepoMsg::ListByCustomer {
+                customer_id,
+                limit,
+                reply,
+            } => answer(reply, list_by_customer(pool, customer_id, limit)),
+        }
+        Ok(())
+    }
+}
+
+fn reason_str(reason: Option<RejectReason>) -> Option<&'static str> {
+    reason.map(RejectReason::as_str)
+}
+
+fn status_from(row: &Row, column: &str) -> OrderStatus {
+    // The column only ever holds values written from `OrderStatus`.
+    OrderStatus::parse(row.get(column)).unwrap_or(OrderStatus::Pending)
+}
+
+fn reason_from(row: &Row, column: &str) -> Option<RejectReason> {
+    row.get::<_, Option<&str>>(column)
+        .and_then(RejectReason::parse)
+}
+
+async fn create(pool: Pool, order: NewOrder) -> Result<(), DbError> {
+    let saga = &order.saga;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, payment_token, correlation_id, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &saga.order_id,
+            &saga.customer_id,
+            &saga.status.as_str(),
+            &saga.total_cents,
+            &saga.currency,
+            &saga.payment_token,
+            &saga.correlation_id,
+            &saga.seq,
+        ],
+    )
+    .await?;
+    let products: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
+    let names: Vec<&str> = order.items.iter().map(|i| i.name.as_str()).collect();
+    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
+    let prices: Vec<i64> = order.items.iter().map(|i| i.unit_price_cents).collect();
+    let items = tx
+        .prepare_cached(
+            "INSERT INTO orders.order_items (order_id, product_id, name, quantity, unit_price_cents)
+             SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])",
+        )
+        .await?;
+    tx.execute(
+        &items,
+        &[&saga.order_id, &products, &names, &quantities, &prices],
+    )
+    .await?;
+    let history = tx
+        .prepare_cached(
+            "INSERT INTO orders.status_history (order_id, seq, status, reason) VALUES ($1, $2, $3, $4)",
+        )
+        .await?;
+    tx.execute(
+        &history,
+        &[
+            &saga.order_id,
+            &saga.seq,
+            &saga.status.as_str(),
+            &reason_str(saga.reason),
+        ],
+    )
+    .await?;
+    outbox::append(&tx, SCHEMA, &saga.opening_messages()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn load(pool: Pool, order_id: Uuid) -> Result<Option<SagaState>, DbError> {
+    let client = pool.get().await?;
+    let order = client
+        .prepare_cached(
+            "SELECT customer_id, correlation_id, status, reason, seq, total_cents, currency, payment_token
+             FROM orders.orders WHERE id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&order, &[&order_id]).await? else {
+        return Ok(None);
+    };
+    let items = client
+        .prepare_cached("SELECT product_id, quantity FROM orders.order_items WHERE order_id = $1 ORDER BY product_id")
+        .await?;
+    let items = client
+        .query(&items, &[&order_id])
+        .await?
+        .iter()
+        .map(|item| OrderLine {
+            product_id: item.get(0),
+            quantity: item.get(1),
+        })
+        .collect();
+    Ok(Some(SagaState {
+        order_id,
+        customer_id: row.get("customer_id"),
+        correlation_id: row.get("correlation_id"),
+        status: status_from(&row, "status"),
+        reason: reason_from(&row, "reason"),
+        seq: row.get("seq"),
+        items,
+        total_cents: row.get("total_cents"),
+        currency: row.get("currency"),
+        payment_token: row.get("payment_token"),
+    }))
+}
+
+async fn advance(
+    pool: Pool,
+    event_id: Uuid,
+    from_seq: i32,
+    next: SagaState,
+    messages: Vec<Envelope>,
+) -> Result<Advance, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if !outbox::first_delivery(&tx, SCHEMA, event_id).await? {
+        return Ok(Advance::Duplicate);
+    }
+    let update = tx
+        .prepare_cached(
+            "UPDATE orders.orders SET status = $2, reason = $3, seq = $4, updated_at = now()
+             WHERE id = $1 AND seq = $5",
+        )
+        .await?;
+    let updated = tx
+        .execute(
+            &update,
+            &[
+                &next.order_id,
+                &next.status.as_str(),
+                &reason_str(next.reason),
+                &next.seq,
+                &from_seq,
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        // Rolling back also forgets the event id, so it is processed again.
+        return Ok(Advance::Stale);
+    }
+    let changes: Vec<_> = messages
+        .iter()
+        .filter_map(|m| m.event.status_change().map(|c| (c, m.occurred_at)))
+        .collect();
+    let seqs: Vec<i32> = changes.iter().map(|(c, _)| c.seq).collect();
+    let statuses: Vec<&str> = changes.iter().map(|(c, _)| c.status.as_str()).collect();
+    let reasons: Vec<Option<&str>> = changes.iter().map(|(c, _)| reason_str(c.reason)).collect();
+    let ats: Vec<chrono::DateTime<chrono::Utc>> = changes.iter().map(|(_, at)| *at).collect();
+    let history = tx
+        .prepare_cached(
+            "INSERT INTO orders.status_history (order_id, seq, status, reason, at)
+             SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[])",
+        )
+        .await?;
+    tx.execute(
+        &history,
+        &[&next.order_id, &seqs, &statuses, &reasons, &ats],
+    )
+    .await?;
+    outbox::append(&tx, SCHEMA, &messages).await?;
+    tx.commit().await?;
+    Ok(Advance::Applied)
+}
+
+async fn get(pool: Pool, order_id: Uuid) -> Result<Option<OrderView>, DbError> {
+    let client = pool.get().await?;
+    let order = client
+        .prepare_cached(
+            "SELECT customer_id, status, reason, total_cents, currency, created_at, updated_at
+             FROM orders.orders WHERE id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&order, &[&order_id]).await? else {
+        return Ok(None);
+    };
+    let items = client
+        .prepare_cached(
+            "SELECT product_id, name, quantity, unit_price_cents FROM orders.order_items
+             WHERE order_id = $1 ORDER BY name, product_id",
+        )
+        .await?;
+    let history = client
+        .prepare_cached(
+            "SELECT seq, status, reason, at FROM orders.status_history WHERE order_id = $1 ORDER BY seq",
+        )
+        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&order_id];
+    let (items, history) = futures::try_join!(
+        client.query(&items, &params),
+        client.query(&history, &params)
+    )?;
+    Ok(Some(OrderView {
+        order_id,
+        customer_id: row.get("customer_id"),
+        status: status_from(&row, "status"),
+        reason: reason_from(&row, "reason"),
+        items: items
+            .iter()
+            .map(|item| OrderItem {
+                product_id: item.get(0),
+                name: item.get(1),
+                quantity: item.get(2),
+                unit_price_cents: item.get(3),
+            })
+            .collect(),
+        total_cents: row.get("total_cents"),
+        currency: row.get("currency"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        history: history
+            .iter()
+            .map(|entry| StatusEntry {
+                seq: entry.get("seq"),
+                status: status_from(entry, "status"),
+                reason: reason_from(entry, "reason"),
+                at: entry.get("at"),
+            })
+            .collect(),
+    }))
+}
+
+async fn list_by_customer(
+    pool: Pool,
+    customer_id: String,
+    limit: i64,
+) -> Result<Vec<OrderSummary>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT id, status, reason, total_cents, currency, created_at, updated_at
+             FROM orders.orders WHERE customer_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&customer_id, &limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| OrderSummary {
+            order_id: row.get("id"),
+            status: status_from(row, "status"),
+            reason: reason_from(row, "reason"),
+            total_cents: row.get("total_cents"),
+            currency: row.get("currency"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+        })
+        .collect())
+}

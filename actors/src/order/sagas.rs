@@ -1,0 +1,184 @@
+//! `SagaSupervisor`: parent of every [`OrderSaga`]. It routes each reply to
+//! its order's saga, starting the saga (from Postgres) when none is running
+//! — after a restart, or when the order's partition moved here — and
+//! forgets sagas when they stop, whether cleanly (terminal order) or by
+//! crashing (the reply in hand is retried by the consumer and a fresh saga
+//! picks it up from the last persisted step).
+
+use super::machine::SagaState;
+use super::repo::OrderRepoMsg;
+use super::saga::{OrderSaga, SagaArgs, SagaError, SagaMsg};
+use crate::events::Envelope;
+use crate::outbox::OutboxNotifier;
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SupervisionEvent,
+};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// The saga supervisor; see the module documentation.
+pub struct SagaSupervisor;
+
+/// Start-up arguments of a [`SagaSupervisor`].
+#[derive(Clone)]
+pub struct SagasArgs {
+    /// Handed to every saga.
+    pub repo: ActorRef<OrderRepoMsg>,
+    /// Handed to every saga.
+    pub outbox: OutboxNotifier,
+}
+
+/// State of a [`SagaSupervisor`].
+pub struct SagasState {
+    args: SagasArgs,
+    /// Running sagas by order.
+    by_order: HashMap<Uuid, ActorRef<SagaMsg>>,
+    /// The same, by actor, to clean up when one stops.
+    by_actor: HashMap<ActorId, Uuid>,
+}
+
+/// Messages of a [`SagaSupervisor`].
+pub enum SagasMsg {
+    /// Starts the saga of an order just created (its state in hand).
+    Begin {
+        /// The new order's saga state.
+        state: SagaState,
+    },
+    /// Routes a reply to its order's saga.
+    Deliver {
+        /// The reply.
+        envelope: Envelope,
+        /// Answered by the saga once the step is durable.
+        reply: RpcReplyPort<Result<(), SagaError>>,
+    },
+    /// How many sagas are running.
+    Count {
+        /// The number.
+        reply: RpcReplyPort<usize>,
+    },
+}
+
+impl Actor for SagaSupervisor {
+    type Msg = SagasMsg;
+    type State = SagasState;
+    type Arguments = SagasArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SagasArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SagasState {
+            args,
+            by_order: HashMap::new(),
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SagasMsg::Begin { state: saga } => {
+                if !state.by_order.contains_key(&saga.order_id) {
+                    let order_id = saga.order_id;
+                    if let Err(error) = spawn_saga(&myself, state, order_id, Some(saga)).await {
+                        // The order is stored; the first reply will start it.
+                        tracing::warn!(%order_id, %error, "saga not started eagerly");
+                    }
+                }
+            }
+            SagasMsg::Deliver { envelope, reply } => {
+                let order_id = envelope.order_id;
+                let mut message = SagaMsg::Reply { envelope, reply };
+                // Twice: the first saga found may be stopping (its order
+                // just finished); a fresh one then reloads from Postgres.
+                for _ in 0..2 {
+                    let saga = match state.by_order.get(&order_id) {
+                        Some(saga) => saga.clone(),
+                        None => match spawn_saga(&myself, state, order_id, None).await {
+                            Ok(saga) => saga,
+                            Err(error) => {
+                                tracing::error!(%order_id, %error, "could not start saga");
+                                return Ok(()); // dropping `reply` makes the consumer retry
+                            }
+                        },
+                    };
+                    match saga.send_message(message) {
+                        Ok(()) => return Ok(()),
+                        Err(MessagingErr::SendErr(returned)) => {
+                            forget(state, &saga.get_id());
+                            message = returned;
+                        }
+                        Err(_) => {
+                            forget(state, &saga.get_id());
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            SagasMsg::Count { reply } => {
+                let _ = reply.send(state.by_order.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                forget(state, &cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let order_id = forget(state, &cell.get_id());
+                tracing::error!(order_id = ?order_id, %error, "saga crashed; its next reply restarts it from Postgres");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_saga(
+    myself: &ActorRef<SagasMsg>,
+    state: &mut SagasState,
+    order_id: Uuid,
+    saga: Option<SagaState>,
+) -> Result<ActorRef<SagaMsg>, ractor::SpawnErr> {
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        OrderSaga,
+        SagaArgs {
+            order_id,
+            state: saga,
+            repo: state.args.repo.clone(),
+            outbox: state.args.outbox.clone(),
+        },
+        myself.get_cell(),
+    )
+    .await?;
+    state.by_order.insert(order_id, actor.clone());
+    state.by_actor.insert(actor.get_id(), order_id);
+    Ok(actor)
+}
+
+/// Drops a stopped saga from both maps; returns its order.
+fn forget(state: &mut SagasState, actor: &ActorId) -> Option<Uuid> {
+    let order_id = state.by_actor.remove(actor)?;
+    if state
+        .by_order
+        .get(&order_id)
+        .is_some_and(|saga| saga.get_id() == *actor)
+    {
+        state.by_order.remove(&order_id);
+    }
+    Some(order_id)
+}

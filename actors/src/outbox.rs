@@ -1,0 +1,302 @@
+//! The transactional outbox and the inbox of processed event ids.
+//!
+//! A service never writes to Postgres and then, separately, to Kafka. It
+//! appends the events a change causes to its schema's `outbox` table in the
+//! same transaction as the change ([`append`]); the [`OutboxRelay`] actor
+//! publishes committed rows and deletes them once Kafka has acknowledged
+//! them. A crash between the two only means a row is published again, and
+//! consumers drop the duplicate by its event id ([`first_delivery`]).
+
+use crate::db::DbError;
+use crate::events::Envelope;
+use deadpool_postgres::{Pool, Transaction};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Rows published per round trip.
+const BATCH: i64 = 500;
+/// How long a message may wait in the producer queue when Kafka is slow.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Appends `envelopes` to `schema`'s outbox inside the caller's transaction.
+pub async fn append(
+    tx: &Transaction<'_>,
+    schema: &str,
+    envelopes: &[Envelope],
+) -> Result<(), DbError> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = envelopes.iter().map(Envelope::topic).collect();
+    let keys: Vec<String> = envelopes.iter().map(Envelope::key).collect();
+    let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event_id).collect();
+    let payloads: Vec<Vec<u8>> = envelopes.iter().map(Envelope::encode).collect();
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.outbox (topic, key, event_id, payload)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[])"
+        ))
+        .await?;
+    tx.execute(&statement, &[&topics, &keys, &ids, &payloads])
+        .await?;
+    Ok(())
+}
+
+/// Records that `event_id` was processed, in the caller's transaction.
+/// Returns false if it already was: the caller must then skip the effect.
+pub async fn first_delivery(
+    tx: &Transaction<'_>,
+    schema: &str,
+    event_id: Uuid,
+) -> Result<bool, DbError> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING"
+        ))
+        .await?;
+    Ok(tx.execute(&statement, &[&event_id]).await? == 1)
+}
+
+/// A cheap handle that writers use to wake the relay after a commit.
+#[derive(Clone, Debug)]
+pub struct OutboxNotifier {
+    relay: ActorRef<RelayMsg>,
+    /// Set while a wake-up is queued, so a burst of commits sends one message.
+    queued: Arc<AtomicBool>,
+}
+
+impl OutboxNotifier {
+    /// Asks the relay to publish now rather than at its next poll.
+    pub fn wake(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.relay.send_message(RelayMsg::Publish);
+        }
+    }
+}
+
+/// Publishes one schema's outbox to Kafka.
+pub struct OutboxRelay;
+
+/// Start-up arguments of an [`OutboxRelay`].
+pub struct RelayArgs {
+    /// The service's pool.
+    pub pool: Pool,
+    /// Shared producer (idempotent, acks=all).
+    pub producer: FutureProducer,
+    /// The schema whose outbox this relay drains.
+    pub schema: &'static str,
+    /// How often to look for rows when nobody woke the relay (rows written
+    /// by another process of the same service, or left by a failed round).
+    pub poll_interval: Duration,
+}
+
+/// State of a running [`OutboxRelay`].
+pub struct RelayState {
+    args: RelayArgs,
+    /// Shared with every [`OutboxNotifier`].
+    queued: Arc<AtomicBool>,
+    /// Advisory-lock key: one relay per schema publishes at a time, across
+    /// processes, so each order's events reach Kafka in commit order.
+    lock_key: i64,
+    /// The periodic poll, stopped with the actor.
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Messages of an [`OutboxRelay`].
+#[derive(Debug)]
+pub enum RelayMsg {
+    /// Publish every committed row now.
+    Publish,
+    /// Periodic poll: publish whatever is there.
+    Tick,
+    /// Hands out a notifier bound to this relay.
+    Notifier(ractor::RpcReplyPort<OutboxNotifier>),
+}
+
+impl Actor for OutboxRelay {
+    type Msg = RelayMsg;
+    type State = RelayState;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ticker = myself.send_interval(args.poll_interval, || RelayMsg::Tick);
+        let lock_key = lock_key(args.schema);
+        Ok(RelayState {
+            args,
+            queued: Arc::new(AtomicBool::new(false)),
+            lock_key,
+            ticker: Some(ticker),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RelayMsg::Notifier(reply) => {
+                let _ = reply.send(OutboxNotifier {
+                    relay: myself,
+                    queued: state.queued.clone(),
+                });
+            }
+            RelayMsg::Publish | RelayMsg::Tick => {
+                // Clear first: a commit that lands during this round wakes us again.
+                state.queued.store(false, Ordering::Release);
+                match publish_all(state).await {
+                    Ok(Round::Done) => {}
+                    Ok(Round::Busy) => {
+                        // Another process holds the schema's relay lock; our
+                        // rows go out when it is released.
+                        let _ = myself.send_after(Duration::from_millis(10), || RelayMsg::Tick);
+                    }
+                    Err(error) => {
+                        // Rows stay in the outbox; the next tick retries them.
+                        tracing::warn!(schema = state.args.schema, %error, "outbox publish failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        // Publish what is committed, so a clean shutdown leaves nothing behind.
+        if let Err(error) = publish_all(state).await {
+            tracing::warn!(schema = state.args.schema, %error, "outbox not drained on stop");
+        }
+        Ok(())
+    }
+}
+
+/// How a publishing round ended.
+enum Round {
+    /// The outbox is empty (as far as this round could see).
+    Done,
+    /// Another relay holds the lock.
+    Busy,
+}
+
+/// Why a publishing round failed.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("{failed} of {total} messages not acknowledged by kafka: {first}")]
+    Kafka {
+        failed: usize,
+        total: usize,
+        first: rdkafka::error::KafkaError,
+    },
+}
+
+async fn publish_all(state: &RelayState) -> Result<Round, RelayError> {
+    loop {
+        let (published, full) = publish_batch(state).await?;
+        match published {
+            None => return Ok(Round::Busy),
+            Some(_) if !full => return Ok(Round::Done),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Publishes up to [`BATCH`] rows in one transaction holding the relay lock.
+/// Returns the number published (`None` if the lock was taken) and whether
+/// the batch was full (more rows may be waiting).
+async fn publish_batch(state: &RelayState) -> Result<(Option<usize>, bool), RelayError> {
+    let schema = state.args.schema;
+    let mut client = state.args.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&state.lock_key])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok((None, false));
+    }
+    let select = tx
+        .prepare_cached(&format!(
+            "SELECT id, topic, key, payload FROM {schema}.outbox ORDER BY id LIMIT $1"
+        ))
+        .await?;
+    let rows = tx.query(&select, &[&BATCH]).await?;
+    if rows.is_empty() {
+        return Ok((Some(0), false));
+    }
+    let sends = rows.iter().map(|row| {
+        let topic: &str = row.get(1);
+        let key: &str = row.get(2);
+        let payload: &[u8] = row.get(3);
+        state.args.producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            QUEUE_TIMEOUT,
+        )
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut sent = Vec::with_capacity(rows.len());
+    let mut failures = Vec::new();
+    for (row, result) in rows.iter().zip(results) {
+        match result {
+            Ok(_) => sent.push(row.get::<_, i64>(0)),
+            Err((error, _)) => failures.push(error),
+        }
+    }
+    if !sent.is_empty() {
+        let delete = tx
+            .prepare_cached(&format!("DELETE FROM {schema}.outbox WHERE id = ANY($1)"))
+            .await?;
+        tx.execute(&delete, &[&sent]).await?;
+    }
+    tx.commit().await?;
+    if let Some(first) = failures.into_iter().next() {
+        return Err(RelayError::Kafka {
+            failed: rows.len() - sent.len(),
+            total: rows.len(),
+            first,
+        });
+    }
+    Ok((Some(sent.len()), rows.len() as i64 == BATCH))
+}
+
+/// A stable advisory-lock key per schema.
+fn lock_key(schema: &str) -> i64 {
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in b"shop-outbox:".iter().chain(schema.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_differ_per_schema_and_are_stable() {
+        assert_eq!(lock_key("orders"), lock_key("orders"));
+        assert_ne!(lock_key("orders"), lock_key("product"));
+        assert_ne!(lock_key("payment"), lock_key("product"));
+    }
+}

@@ -1,0 +1,129 @@
+//! What every service's actor tree is built from: the shared infrastructure
+//! handles ([`Infra`]), the root supervisor, and the outbox relay and Kafka
+//! consumer children that every service has.
+
+use crate::cache::RedisPool;
+use crate::kafka::{ConsumerArgs, EventConsumer, EventHandler, KafkaSettings};
+use crate::outbox::{OutboxNotifier, OutboxRelay, RelayArgs, RelayMsg};
+use crate::supervisor::{self, ChildKind, ServiceSupervisor, StartFn, SupervisorMsg};
+use crate::StartError;
+use deadpool_postgres::Pool;
+use ractor::{Actor, ActorRef};
+use rdkafka::producer::FutureProducer;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connections and settings shared by the services of one process.
+#[derive(Clone)]
+pub struct Infra {
+    /// Postgres pool (all schemas live in one database).
+    pub pool: Pool,
+    /// Redis pool.
+    pub redis: RedisPool,
+    /// Prefix for every Redis key.
+    pub redis_prefix: String,
+    /// Kafka settings, for consumers.
+    pub kafka: KafkaSettings,
+    /// One idempotent producer per process, shared by every outbox relay.
+    pub producer: FutureProducer,
+    /// How often an idle outbox relay looks for rows.
+    pub outbox_poll: Duration,
+}
+
+/// A started service: its root supervisor and the task that ends with it.
+pub struct RunningService {
+    /// The service's name.
+    pub name: &'static str,
+    /// Root of the service's actor tree.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Completes when the supervisor has stopped.
+    pub stopped: tokio::task::JoinHandle<()>,
+}
+
+impl RunningService {
+    /// Spawns the (childless) root supervisor of service `name`.
+    pub async fn start(name: &'static str) -> Result<Self, StartError> {
+        let (supervisor, stopped) = Actor::spawn(None, ServiceSupervisor, name).await?;
+        Ok(Self {
+            name,
+            supervisor,
+            stopped,
+        })
+    }
+
+    /// Stops the tree (children first, so consumers commit and relays
+    /// drain) and waits up to `grace` for it.
+    pub async fn stop(self, grace: Duration) {
+        for child in self.supervisor.get_children() {
+            let _ = child.stop_and_wait(None, Some(grace)).await;
+        }
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(1)))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stopped).await;
+    }
+}
+
+/// Starts the outbox relay of `schema` under `supervisor`; returns the
+/// notifier writers use to wake it.
+pub async fn start_relay(
+    supervisor: &ActorRef<SupervisorMsg>,
+    infra: &Infra,
+    schema: &'static str,
+) -> Result<OutboxNotifier, StartError> {
+    let (relay, _) = Actor::spawn_linked(
+        None,
+        OutboxRelay,
+        RelayArgs {
+            pool: infra.pool.clone(),
+            producer: infra.producer.clone(),
+            schema,
+            poll_interval: infra.outbox_poll,
+        },
+        supervisor.get_cell(),
+    )
+    .await?;
+    supervisor::adopt(
+        supervisor,
+        relay.get_cell(),
+        "outbox-relay",
+        ChildKind::Essential,
+    )
+    .await?;
+    let notifier = crate::rpc::ask(
+        &relay,
+        "outbox relay",
+        crate::rpc::DEFAULT_TIMEOUT,
+        |reply| RelayMsg::Notifier(reply),
+    )
+    .await?;
+    Ok(notifier)
+}
+
+/// Starts a restartable Kafka consumer under `supervisor`.
+pub async fn start_consumer<H: EventHandler>(
+    supervisor: &ActorRef<SupervisorMsg>,
+    infra: &Infra,
+    group_id: String,
+    topics: Vec<&'static str>,
+    from_latest: bool,
+    handler: Arc<H>,
+) -> Result<(), StartError> {
+    let settings = infra.kafka.clone();
+    let start: StartFn = Arc::new(move |cell| {
+        let args = ConsumerArgs {
+            settings: settings.clone(),
+            group_id: group_id.clone(),
+            topics: topics.clone(),
+            from_latest,
+            handler: handler.clone(),
+        };
+        Box::pin(async move {
+            let (consumer, _) =
+                Actor::spawn_linked(None, EventConsumer::<H>::default(), args, cell).await?;
+            Ok(consumer.get_cell())
+        })
+    });
+    supervisor::start_restartable(supervisor, "kafka-consumer", start).await
+}

@@ -1,0 +1,170 @@
+//! Typed configuration: every setting is a flag and an environment
+//! variable, with a default that works on a developer's machine.
+
+use clap::Args;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers. Unset: `shop all` starts an embedded
+    /// Kafka-protocol broker in the process.
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+    /// Partitions per topic when topics are created.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6, global = true)]
+    pub kafka_partitions: i32,
+    /// Replication factor when topics are created.
+    #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1, global = true)]
+    pub kafka_replication: i32,
+    /// Consumer-group session timeout, in milliseconds.
+    #[arg(
+        long,
+        env = "KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub kafka_session_timeout_ms: u64,
+    /// Postgres URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shop",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Postgres connections per process.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, global = true)]
+    pub database_pool_size: usize,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "shop", global = true)]
+    pub redis_prefix: String,
+    /// Address the HTTP servers listen on.
+    #[arg(long, env = "HTTP_HOST", default_value = "0.0.0.0", global = true)]
+    pub http_host: IpAddr,
+    /// Port of the order service (REST entry point).
+    #[arg(long, env = "ORDER_PORT", default_value_t = 8080, global = true)]
+    pub order_port: u16,
+    /// Port of the product service.
+    #[arg(long, env = "PRODUCT_PORT", default_value_t = 8081, global = true)]
+    pub product_port: u16,
+    /// Port of the payment service.
+    #[arg(long, env = "PAYMENT_PORT", default_value_t = 8082, global = true)]
+    pub payment_port: u16,
+    /// Port of the gateway (WebSockets).
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8083, global = true)]
+    pub gateway_port: u16,
+    /// Base URL of the product service, for the order service. Default:
+    /// the product service of this process, or 127.0.0.1:PRODUCT_PORT.
+    #[arg(long, env = "PRODUCT_URL", global = true)]
+    pub product_url: Option<String>,
+    /// Simulated payment processor latency, in milliseconds.
+    #[arg(long, env = "PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
+    pub payment_latency_ms: u64,
+    /// How often an idle outbox relay polls, in milliseconds.
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 50, global = true)]
+    pub outbox_poll_ms: u64,
+    /// Seconds to finish in-flight work on shutdown.
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECONDS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub shutdown_grace_seconds: u64,
+    /// `text` (default) or `json` log lines.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Settings {
+    /// The defaults, as if no flag or variable were set (for tests and tools).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let mut settings = <Only as clap::Parser>::parse_from(["shop"]).settings;
+        // Ignore the environment: defaults are defaults.
+        settings.kafka_brokers = None;
+        settings.product_url = None;
+        settings.database_url = "postgres://postgres@127.0.0.1:5432/shop".into();
+        settings.redis_url = "redis://127.0.0.1:6379".into();
+        settings.redis_prefix = "shop".into();
+        settings
+    }
+
+    /// Simulated payment latency.
+    pub fn payment_latency(&self) -> Duration {
+        Duration::from_millis(self.payment_latency_ms)
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact(&self.database_url)
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("postgres://shop:s3cret@db:5432/shop"),
+            "postgres://shop:***@db:5432/shop"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/shop"),
+            "postgres://postgres@127.0.0.1/shop"
+        );
+        assert_eq!(redact("redis://:pw@redis:6379"), "redis://:***@redis:6379");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let settings = Settings::defaults();
+        assert_eq!(settings.order_port, 8080);
+        assert_eq!(settings.product_port, 8081);
+        assert_eq!(settings.payment_port, 8082);
+        assert_eq!(settings.gateway_port, 8083);
+        assert!(settings.kafka_brokers.is_none());
+    }
+}

@@ -1,0 +1,163 @@
+//! The one place where failures become HTTP responses: every error any
+//! route can produce, and warp's own rejections, turn into
+//! `{"error": code, "message": text}` with the right status.
+
+use serde::Serialize;
+use shop_actors::order::OrderError;
+use shop_actors::product::CatalogError;
+use std::convert::Infallible;
+use warp::http::StatusCode;
+use warp::{Rejection, Reply};
+
+/// An error a handler reports to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is syntactically wrong (bad JSON, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is well-formed but its content is invalid.
+    #[error("{0}")]
+    Validation(String),
+    /// The request names a product that does not exist.
+    #[error("{0}")]
+    UnknownProduct(String),
+    /// The resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with existing data.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A dependency is down; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::UnknownProduct(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_product"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Conflict(message) => ApiError::Conflict(message),
+            CatalogError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::Invalid(message) => ApiError::Validation(message),
+            OrderError::UnknownProduct(_) => ApiError::UnknownProduct(e.to_string()),
+            OrderError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    pub error: &'static str,
+    /// What went wrong, for a human.
+    pub message: String,
+}
+
+/// Builds an error response.
+pub fn error_response(
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(&ErrorBody { error, message }), status)
+        .into_response()
+}
+
+/// Turns any rejection into a JSON error response.
+pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    use warp::reject::*;
+    let (status, code, message) = if let Some(e) = rejection.find::<ApiError>() {
+        let (status, code) = e.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(%status, error = %e, "request failed");
+        }
+        (status, code, e.to_string())
+    } else if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such resource".into(),
+        )
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        (
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!(
+                "request body is not valid: {}",
+                std::error::Error::source(e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string())
+            ),
+        )
+    } else if rejection.find::<UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json".into(),
+        )
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {} bytes", super::MAX_BODY),
+        )
+    } else if rejection.find::<LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a content-length header is required".into(),
+        )
+    } else if rejection.find::<InvalidQuery>().is_some() {
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid query string".into(),
+        )
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this resource".into(),
+        )
+    } else if let Some(e) = rejection.find::<MissingHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error".into(),
+        )
+    };
+    Ok(error_response(status, code, message))
+}

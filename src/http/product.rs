@@ -1,0 +1,110 @@
+//! Routes of the product service: the catalogue (read cache-aside through
+//! Redis) and the two writes, creating a product and setting its stock.
+
+use super::error::ApiError;
+use super::json_body;
+use serde::Deserialize;
+use shop_actors::product::model::validate_stock;
+use shop_actors::product::{Catalog, NewProduct};
+use std::collections::HashMap;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+/// Most ids one `GET /products?ids=` may ask for.
+const MAX_IDS: usize = 100;
+
+/// Body of `PUT /products/{id}/stock`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetStock {
+    /// The new absolute stock level.
+    stock: i32,
+}
+
+/// Every product-service route.
+pub fn routes(
+    catalog: Catalog,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let with_catalog = warp::any().map(move || catalog.clone());
+    let list = warp::path!("products")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_catalog.clone())
+        .and_then(list);
+    let get = warp::path!("products" / Uuid)
+        .and(warp::get())
+        .and(with_catalog.clone())
+        .and_then(get);
+    let create = warp::path!("products")
+        .and(warp::post())
+        .and(json_body::<NewProduct>())
+        .and(with_catalog.clone())
+        .and_then(create);
+    let set_stock = warp::path!("products" / Uuid / "stock")
+        .and(warp::put())
+        .and(json_body::<SetStock>())
+        .and(with_catalog)
+        .and_then(set_stock);
+    list.or(get)
+        .unify()
+        .or(create)
+        .unify()
+        .or(set_stock)
+        .unify()
+}
+
+async fn list(
+    query: HashMap<String, String>,
+    catalog: Catalog,
+) -> Result<warp::reply::Response, Rejection> {
+    let products = match query.get("ids") {
+        None => catalog.list().await.map_err(ApiError::from)?,
+        Some(ids) => {
+            let ids = ids
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    Uuid::parse_str(s.trim())
+                        .map_err(|_| ApiError::BadRequest(format!("ids: {s:?} is not a UUID")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if ids.len() > MAX_IDS {
+                return Err(ApiError::BadRequest(format!("ids: at most {MAX_IDS} at once")).into());
+            }
+            catalog.get_many(&ids).await.map_err(ApiError::from)?
+        }
+    };
+    Ok(warp::reply::json(&products).into_response())
+}
+
+async fn get(id: Uuid, catalog: Catalog) -> Result<warp::reply::Response, Rejection> {
+    match catalog.get(id).await.map_err(ApiError::from)? {
+        Some(product) => Ok(warp::reply::json(&product).into_response()),
+        None => Err(ApiError::NotFound(format!("product {id} does not exist")).into()),
+    }
+}
+
+async fn create(product: NewProduct, catalog: Catalog) -> Result<warp::reply::Response, Rejection> {
+    product.validate().map_err(ApiError::Validation)?;
+    let created = catalog.create(product).await.map_err(ApiError::from)?;
+    let location = format!("/products/{}", created.id);
+    let reply = warp::reply::with_status(warp::reply::json(&created), StatusCode::CREATED);
+    Ok(warp::reply::with_header(reply, "location", location).into_response())
+}
+
+async fn set_stock(
+    id: Uuid,
+    body: SetStock,
+    catalog: Catalog,
+) -> Result<warp::reply::Response, Rejection> {
+    validate_stock(body.stock).map_err(ApiError::Validation)?;
+    match catalog
+        .set_stock(id, body.stock)
+        .await
+        .map_err(ApiError::from)?
+    {
+        Some(product) => Ok(warp::reply::json(&product).into_response()),
+        None => Err(ApiError::NotFound(format!("product {id} does not exist")).into()),
+    }
+}

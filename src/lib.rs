@@ -1,0 +1,19 @@
+//! The `shop` binary's library: command line, configuration, telemetry,
+//! HTTP and WebSocket routes, and start-up. The services themselves — their
+//! actor trees, events and repositories — live in the `shop-actors` crate.
+//!
+//! - [`cli`]: subcommands (`all`, `product`, `order`, `payment`, `gateway`,
+//!   `migrate`, `broker`).
+//! - [`config`]: [`config::Settings`], from flags and environment variables.
+//! - [`telemetry`]: log set-up.
+//! - [`http`]: routes per service, JSON errors, health and readiness.
+//! - [`startup`]: [`startup::Platform`], which wires it all together.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::{Platform, Role};

@@ -1,0 +1,284 @@
+//! Building and running the platform: connect to Postgres, Redis and Kafka
+//! (or start the embedded broker), migrate, start each requested service's
+//! actor tree, and serve its HTTP routes. Returns the bound addresses, so
+//! tests can bind port 0.
+
+use crate::config::Settings;
+use crate::http::{self, health::Readiness};
+use shop_actors::db::{self, SchemaMigrations};
+use shop_actors::events::topics;
+use shop_actors::kafka::{EmbeddedBroker, KafkaSettings};
+use shop_actors::{Infra, RunningService};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::watch;
+use warp::Filter;
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// All four, in one process.
+    All,
+    /// The product service.
+    Product,
+    /// The order service.
+    Order,
+    /// The payment service.
+    Payment,
+    /// The WebSocket gateway.
+    Gateway,
+}
+
+impl Role {
+    fn runs(self, other: Role) -> bool {
+        self == Role::All || self == other
+    }
+
+    fn schemas(self) -> Vec<SchemaMigrations> {
+        db::ALL_SCHEMAS
+            .into_iter()
+            .filter(|s| match s.schema {
+                "product" => self.runs(Role::Product),
+                "orders" => self.runs(Role::Order),
+                "payment" => self.runs(Role::Payment),
+                _ => true,
+            })
+            .collect()
+    }
+}
+
+/// Why the platform could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A service failed to start.
+    #[error(transparent)]
+    Service(#[from] shop_actors::StartError),
+    /// A database step failed.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// Kafka set-up failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A port could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// Where each running service listens.
+#[derive(Debug, Clone, Default)]
+pub struct Addresses {
+    /// Order service.
+    pub order: Option<SocketAddr>,
+    /// Product service.
+    pub product: Option<SocketAddr>,
+    /// Payment service.
+    pub payment: Option<SocketAddr>,
+    /// Gateway.
+    pub gateway: Option<SocketAddr>,
+}
+
+/// A running platform (one service or all four).
+pub struct Platform {
+    /// Where the services listen.
+    pub addresses: Addresses,
+    /// The Kafka bootstrap servers in use (the embedded broker's, if any).
+    pub kafka_brokers: String,
+    /// Postgres, Redis and Kafka handles.
+    pub infra: Infra,
+    /// Handles used by the services' routes, for tests and tools.
+    pub orders: Option<shop_actors::order::Orders>,
+    /// The gateway handle, for tests and tools.
+    pub gateway: Option<shop_actors::gateway::Gateway>,
+    services: Vec<RunningService>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    stop_http: watch::Sender<bool>,
+    grace: Duration,
+    /// Kept last: dropped after everything that talks to it.
+    broker: Option<EmbeddedBroker>,
+}
+
+impl Platform {
+    /// Starts `role` with `settings`.
+    pub async fn start(settings: &Settings, role: Role) -> Result<Self, StartupError> {
+        let started = std::time::Instant::now();
+        let (broker, brokers) = match (&settings.kafka_brokers, role) {
+            (Some(brokers), _) => (None, brokers.clone()),
+            (None, Role::All) => {
+                let broker = EmbeddedBroker::start(&topics::ALL, settings.kafka_partitions)?;
+                let brokers = broker.bootstrap_servers().to_owned();
+                tracing::info!(%brokers, "started the embedded Kafka-protocol broker (in memory; try `kcat -b {brokers} -L`)");
+                (Some(broker), brokers)
+            }
+            (None, _) => {
+                return Err(StartupError::Config(format!(
+                    "KAFKA_BROKERS is required to run the {role:?} service alone; `shop all` starts an embedded broker"
+                )))
+            }
+        };
+        let mut kafka = KafkaSettings::new(&brokers);
+        kafka.partitions = settings.kafka_partitions;
+        kafka.replication = settings.kafka_replication;
+        kafka.session_timeout = Duration::from_millis(settings.kafka_session_timeout_ms);
+        if broker.is_none() {
+            kafka.ensure_topics(&topics::ALL).await?;
+        }
+
+        tracing::info!(database = %settings.database_url_redacted(), "connecting to postgres");
+        db::ensure_database(&settings.database_url).await?;
+        db::migrate(&settings.database_url, &role.schemas()).await?;
+        let pool = db::pool(&settings.database_url, settings.database_pool_size)?;
+        let redis = shop_actors::cache::pool(&settings.redis_url)
+            .map_err(|e| StartupError::Config(format!("REDIS_URL: {e}")))?;
+        let infra = Infra {
+            pool: pool.clone(),
+            redis: redis.clone(),
+            redis_prefix: settings.redis_prefix.clone(),
+            producer: kafka.producer()?,
+            kafka,
+            outbox_poll: Duration::from_millis(settings.outbox_poll_ms.max(1)),
+        };
+        let readiness = Readiness {
+            postgres: Some(pool),
+            redis: Some(redis),
+            kafka: Some(infra.producer.clone()),
+        };
+
+        let (stop_http, stop_rx) = watch::channel(false);
+        let mut platform = Platform {
+            addresses: Addresses::default(),
+            kafka_brokers: brokers,
+            infra: infra.clone(),
+            orders: None,
+            gateway: None,
+            services: Vec::new(),
+            servers: Vec::new(),
+            stop_http,
+            grace: Duration::from_secs(settings.shutdown_grace_seconds),
+            broker,
+        };
+        let host = settings.http_host;
+
+        if role.runs(Role::Product) {
+            let product = shop_actors::product::start(&infra).await?;
+            let routes = http::product::routes(product.catalog)
+                .or(http::health::routes(readiness.clone()))
+                .unify();
+            let addr = platform
+                .listen(
+                    "product",
+                    SocketAddr::new(host, settings.product_port),
+                    routes,
+                    &stop_rx,
+                )
+                .await?;
+            platform.addresses.product = Some(addr);
+            platform.services.push(product.service);
+        }
+        if role.runs(Role::Payment) {
+            let payment = shop_actors::payment::start(&infra, settings.payment_latency()).await?;
+            let addr = platform
+                .listen(
+                    "payment",
+                    SocketAddr::new(host, settings.payment_port),
+                    http::health::routes(readiness.clone()),
+                    &stop_rx,
+                )
+                .await?;
+            platform.addresses.payment = Some(addr);
+            platform.services.push(payment.service);
+        }
+        if role.runs(Role::Order) {
+            let product_url = match (&settings.product_url, platform.addresses.product) {
+                (Some(url), _) => url.clone(),
+                (None, Some(addr)) => format!("http://127.0.0.1:{}", addr.port()),
+                (None, None) => format!("http://127.0.0.1:{}", settings.product_port),
+            };
+            let order = shop_actors::order::start(&infra, &product_url).await?;
+            let routes = http::order::routes(order.orders.clone())
+                .or(http::health::routes(readiness.clone()))
+                .unify();
+            let addr = platform
+                .listen(
+                    "order",
+                    SocketAddr::new(host, settings.order_port),
+                    routes,
+                    &stop_rx,
+                )
+                .await?;
+            platform.addresses.order = Some(addr);
+            platform.orders = Some(order.orders);
+            platform.services.push(order.service);
+        }
+        if role.runs(Role::Gateway) {
+            let gateway = shop_actors::gateway::start(&infra).await?;
+            let routes = http::gateway::routes(gateway.gateway.clone())
+                .or(http::health::routes(readiness.clone()))
+                .unify();
+            let addr = platform
+                .listen(
+                    "gateway",
+                    SocketAddr::new(host, settings.gateway_port),
+                    routes,
+                    &stop_rx,
+                )
+                .await?;
+            platform.addresses.gateway = Some(addr);
+            platform.gateway = Some(gateway.gateway);
+            platform.services.push(gateway.service);
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, addresses = ?platform.addresses, "shop is up");
+        Ok(platform)
+    }
+
+    async fn listen<F>(
+        &mut self,
+        name: &'static str,
+        addr: SocketAddr,
+        routes: F,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<SocketAddr, StartupError>
+    where
+        F: warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (listener, bound) = http::bind(addr)
+            .await
+            .map_err(|e| StartupError::Bind(addr, e))?;
+        tracing::info!(service = name, address = %bound, "listening");
+        self.servers
+            .push(http::serve(name, routes.boxed(), listener, stop.clone()));
+        Ok(bound)
+    }
+
+    /// Completes when any service's actor tree stops by itself (an
+    /// essential actor failed): the process should then exit non-zero.
+    pub async fn failed(&mut self) -> &'static str {
+        let watches = self.services.iter_mut().map(|s| {
+            let name = s.name;
+            Box::pin(async move {
+                let _ = (&mut s.stopped).await;
+                name
+            })
+        });
+        futures::future::select_all(watches).await.0
+    }
+
+    /// Stops taking requests, then stops every service (consumers commit
+    /// their offsets, relays publish what is committed), then the broker.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_http.send(true);
+        for server in self.servers.drain(..) {
+            let _ = tokio::time::timeout(self.grace, server).await;
+        }
+        for service in self.services.drain(..) {
+            service.stop(self.grace).await;
+        }
+        drop(self.broker.take());
+    }
+}
