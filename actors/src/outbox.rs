@@ -158,7 +158,7 @@ impl Actor for OutboxRelay {
                     Ok(Round::Busy) => {
                         // Another process holds the schema's relay lock; our
                         // rows go out when it is released.
-                        let _ = myself.send_after(Duration::from_millis(10), || RelayMsg::Tick);
+                        drop(myself.send_after(Duration::from_millis(10), || RelayMsg::Tick));
                     }
                     Err(error) => {
                         // Rows stay in the outbox; the next tick retries them.

@@ -3,7 +3,7 @@
 //! consumer children that every service has.
 
 use crate::cache::RedisPool;
-use crate::kafka::{ConsumerArgs, EventConsumer, EventHandler, KafkaSettings};
+use crate::kafka::{ConsumerArgs, EventConsumer, EventHandler, KafkaSettings, Subscription};
 use crate::outbox::{OutboxNotifier, OutboxRelay, RelayArgs, RelayMsg};
 use crate::supervisor::{self, ChildKind, ServiceSupervisor, StartFn, SupervisorMsg};
 use crate::StartError;
@@ -95,7 +95,7 @@ pub async fn start_relay(
         &relay,
         "outbox relay",
         crate::rpc::DEFAULT_TIMEOUT,
-        |reply| RelayMsg::Notifier(reply),
+        RelayMsg::Notifier,
     )
     .await?;
     Ok(notifier)
@@ -105,18 +105,16 @@ pub async fn start_relay(
 pub async fn start_consumer<H: EventHandler>(
     supervisor: &ActorRef<SupervisorMsg>,
     infra: &Infra,
-    group_id: String,
+    subscription: Subscription,
     topics: Vec<&'static str>,
-    from_latest: bool,
     handler: Arc<H>,
 ) -> Result<(), StartError> {
     let settings = infra.kafka.clone();
     let start: StartFn = Arc::new(move |cell| {
         let args = ConsumerArgs {
             settings: settings.clone(),
-            group_id: group_id.clone(),
+            subscription: subscription.clone(),
             topics: topics.clone(),
-            from_latest,
             handler: handler.clone(),
         };
         Box::pin(async move {

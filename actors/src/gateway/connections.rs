@@ -21,8 +21,8 @@ pub struct ConnectionsState {
 pub enum ConnectionsMsg {
     /// A client upgraded to a WebSocket: give it an actor.
     Open {
-        /// The socket.
-        socket: WebSocket,
+        /// The socket (boxed: it is large, and this message is not).
+        socket: Box<WebSocket>,
         /// What it follows.
         follow: Follow,
     },
@@ -55,7 +55,7 @@ impl Actor for ConnectionSupervisor {
         match message {
             ConnectionsMsg::Open { socket, follow } => {
                 let args = ConnectionArgs {
-                    socket,
+                    socket: *socket,
                     follow,
                     hub: state.hub.clone(),
                 };

@@ -8,14 +8,16 @@
 //! └── EventConsumer          order-events -> OrderUpdates (restartable)
 //! ```
 //!
-//! Each gateway process reads `order-events` in a consumer group of its
-//! own, so every replica sees every update and a client may connect to any.
+//! Each gateway process reads every partition of `order-events` from the
+//! moment it starts (no consumer group), so every replica sees every update
+//! and a client may connect to any.
 
 pub mod connection;
 pub mod connections;
 pub mod hub;
 
 use crate::events::{topics, Envelope};
+use crate::kafka::Subscription;
 use crate::kafka::{EventHandler, HandlerError};
 use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
 use crate::service::{self, Infra, RunningService};
@@ -25,7 +27,6 @@ use connections::{ConnectionSupervisor, ConnectionsMsg};
 use hub::{Hub, HubMsg, StatusUpdate};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
-use uuid::Uuid;
 use warp::ws::WebSocket;
 
 pub use hub::Follow;
@@ -59,7 +60,10 @@ impl Gateway {
     pub fn open(&self, socket: WebSocket, follow: Follow) {
         if self
             .connections
-            .send_message(ConnectionsMsg::Open { socket, follow })
+            .send_message(ConnectionsMsg::Open {
+                socket: Box::new(socket),
+                follow,
+            })
             .is_err()
         {
             tracing::warn!("gateway is stopping; websocket dropped");
@@ -117,9 +121,8 @@ pub async fn start(infra: &Infra) -> Result<GatewayService, StartError> {
     service::start_consumer(
         supervisor,
         infra,
-        format!("gateway-{}", Uuid::new_v4()),
+        Subscription::Broadcast,
         vec![topics::ORDER_EVENTS],
-        true,
         Arc::new(OrderUpdates { hub: hub.clone() }),
     )
     .await?;

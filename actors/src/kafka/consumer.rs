@@ -45,16 +45,30 @@ pub trait EventHandler: Send + Sync + 'static {
         -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
+/// How a consumer gets its partitions.
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    /// Join consumer group `group_id`: processes sharing it share the
+    /// partitions, and committed offsets survive restarts. A new group
+    /// starts at the beginning of the topics.
+    Group {
+        /// The group's name.
+        group_id: String,
+    },
+    /// Read every partition, starting at the end as it is when the consumer
+    /// starts, with no group: every process sees every message published
+    /// after it started (what each gateway replica needs).
+    Broadcast,
+}
+
 /// Start-up arguments of an [`EventConsumer`].
 pub struct ConsumerArgs<H> {
     /// Where Kafka is.
     pub settings: KafkaSettings,
-    /// The consumer group; processes sharing it share the partitions.
-    pub group_id: String,
+    /// Group membership or broadcast.
+    pub subscription: Subscription,
     /// Topics to read.
     pub topics: Vec<&'static str>,
-    /// Start a new group at the end of the topics instead of the beginning.
-    pub from_latest: bool,
     /// What to do with each batch.
     pub handler: Arc<H>,
 }
@@ -76,6 +90,9 @@ pub struct ConsumerState {
     stop: watch::Sender<bool>,
     /// The poll loop, awaited on stop.
     poll_loop: Option<JoinHandle<()>>,
+    /// Group members commit their stored offsets on the way out; a
+    /// broadcast reader has no group to commit to.
+    commit_on_stop: bool,
 }
 
 /// Messages of an [`EventConsumer`].
@@ -96,24 +113,37 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let consumer: StreamConsumer = args
-            .settings
-            .consumer_config(&args.group_id, args.from_latest)
-            .create()?;
-        consumer.subscribe(&args.topics)?;
-        let consumer = Arc::new(consumer);
+        let (consumer, label) = match &args.subscription {
+            Subscription::Group { group_id } => {
+                let consumer: StreamConsumer =
+                    args.settings.consumer_config(group_id, false).create()?;
+                consumer.subscribe(&args.topics)?;
+                (Arc::new(consumer), group_id.clone())
+            }
+            Subscription::Broadcast => {
+                let mut config = args.settings.consumer_config("shop-broadcast", true);
+                config.set("enable.auto.commit", "false");
+                let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
+                let topics = args.topics.clone();
+                let assigner = consumer.clone();
+                // Metadata and watermark requests block: keep them off the runtime.
+                tokio::task::spawn_blocking(move || assign_at_end(&assigner, &topics)).await??;
+                (consumer, "broadcast".to_owned())
+            }
+        };
         let (stop, stop_rx) = watch::channel(false);
         let poll_loop = tokio::spawn(poll_loop(
             consumer.clone(),
             args.handler,
             stop_rx,
             myself,
-            args.group_id,
+            label,
         ));
         Ok(ConsumerState {
             consumer,
             stop,
             poll_loop: Some(poll_loop),
+            commit_on_stop: matches!(args.subscription, Subscription::Group { .. }),
         })
     }
 
@@ -138,6 +168,9 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
             // The loop finishes the batch in hand; give it a bounded time.
             let _ = tokio::time::timeout(Duration::from_secs(10), poll_loop).await;
         }
+        if !state.commit_on_stop {
+            return Ok(());
+        }
         let consumer = state.consumer.clone();
         // A synchronous commit blocks a thread: keep it off the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || {
@@ -148,6 +181,25 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
         .await;
         Ok(())
     }
+}
+
+/// Assigns every partition of `topics` at its current end, so that exactly
+/// the messages published from now on are read.
+fn assign_at_end(consumer: &StreamConsumer, topics: &[&str]) -> rdkafka::error::KafkaResult<()> {
+    let timeout = Duration::from_secs(10);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+            assignment.add_partition_offset(
+                topic,
+                partition.id(),
+                rdkafka::Offset::Offset(high),
+            )?;
+        }
+    }
+    consumer.assign(&assignment)
 }
 
 /// One message's position, to store once its batch is handled.

@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 
-pub use consumer::{ConsumerArgs, EventConsumer, EventHandler, HandlerError};
+pub use consumer::{ConsumerArgs, EventConsumer, EventHandler, HandlerError, Subscription};
 
 /// How to reach Kafka and how topics are laid out.
 #[derive(Debug, Clone)]
@@ -53,6 +53,7 @@ impl KafkaSettings {
     /// Configuration for a consumer in `group_id` that stores offsets only
     /// when told to (after the work is durable) and commits them periodically.
     pub fn consumer_config(&self, group_id: &str, from_latest: bool) -> ClientConfig {
+        // `from_latest` only matters for a group with no committed offsets.
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)

@@ -152,15 +152,16 @@ mod tests {
     use crate::events::*;
 
     fn pending() -> SagaState {
+        // Fixed ids, so two runs can be compared.
         SagaState {
-            order_id: Uuid::new_v4(),
+            order_id: Uuid::from_u128(1),
             customer_id: "alice".into(),
-            correlation_id: Uuid::new_v4(),
+            correlation_id: Uuid::from_u128(2),
             status: OrderStatus::Pending,
             reason: None,
             seq: 1,
             items: vec![OrderLine {
-                product_id: Uuid::new_v4(),
+                product_id: Uuid::from_u128(3),
                 quantity: 2,
             }],
             total_cents: 2900,

@@ -19,6 +19,7 @@ pub mod sagas;
 
 use crate::db::DbError;
 use crate::events::{topics, OrderStatus};
+use crate::kafka::Subscription;
 use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
 use crate::service::{self, Infra, RunningService};
 use crate::supervisor::{self as sup, ChildKind};
@@ -215,9 +216,10 @@ pub async fn start(infra: &Infra, product_url: &str) -> Result<OrderService, Sta
     service::start_consumer(
         supervisor,
         infra,
-        "order".into(),
+        Subscription::Group {
+            group_id: "order".into(),
+        },
         vec![topics::INVENTORY_EVENTS, topics::PAYMENT_EVENTS],
-        false,
         Arc::new(replies::SagaReplies {
             sagas: sagas.clone(),
         }),

@@ -11,6 +11,7 @@ pub mod repo;
 pub mod tokens;
 
 use crate::events::{topics, Envelope};
+use crate::kafka::Subscription;
 use crate::kafka::{EventHandler, HandlerError};
 use crate::outbox::OutboxNotifier;
 use crate::rpc::ask;
@@ -87,9 +88,10 @@ pub async fn start(infra: &Infra, latency: Duration) -> Result<PaymentService, S
     service::start_consumer(
         supervisor,
         infra,
-        "payment".into(),
+        Subscription::Group {
+            group_id: "payment".into(),
+        },
         vec![topics::PAYMENT_COMMANDS],
-        false,
         Arc::new(PaymentCommands {
             repo,
             outbox,

@@ -15,6 +15,7 @@ pub mod model;
 pub mod repo;
 
 use crate::events::topics;
+use crate::kafka::Subscription;
 use crate::service::{self, Infra, RunningService};
 use crate::supervisor::ChildKind;
 use crate::StartError;
@@ -64,9 +65,10 @@ pub async fn start(infra: &Infra) -> Result<ProductService, StartError> {
     service::start_consumer(
         sup,
         infra,
-        "product".into(),
+        Subscription::Group {
+            group_id: "product".into(),
+        },
         vec![topics::INVENTORY_COMMANDS],
-        false,
         handler,
     )
     .await?;

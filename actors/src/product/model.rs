@@ -107,7 +107,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: [(fn(&mut NewProduct), &str); 5] = [
+        type Breakage = fn(&mut NewProduct);
+        let cases: [(Breakage, &str); 5] = [
             (|p| p.sku = " ".into(), "sku"),
             (|p| p.name = String::new(), "name"),
             (|p| p.price_cents = -1, "price_cents"),

@@ -1,0 +1,292 @@
+//! Spawning a platform for one test, and the small clients tests use.
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use shop::{Platform, Role, Settings};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// Postgres server for tests (no database name).
+fn postgres_base() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A running platform with its own database and clients for it.
+pub struct TestApp {
+    /// The platform (taken on teardown).
+    pub platform: Option<Platform>,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// e.g. `http://127.0.0.1:41234`
+    pub order_url: String,
+    /// Product service base URL.
+    pub product_url: String,
+    /// Gateway WebSocket base URL, `ws://...`.
+    pub ws_url: String,
+    /// A direct connection to the test database, for checking what was written.
+    pub db: tokio_postgres::Client,
+    /// The test database's name.
+    pub db_name: String,
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Default)]
+pub struct Options {
+    /// Simulated payment latency.
+    pub payment_latency_ms: u64,
+}
+
+/// Starts all four services on free ports with a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+/// [`spawn_app`] with options.
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    shop::telemetry::init(shop::config::LogFormat::Text);
+    let db_name = format!("shop_test_{}", Uuid::new_v4().simple());
+    let mut settings = Settings::defaults();
+    settings.database_url = format!("{}/{db_name}", postgres_base());
+    settings.database_pool_size = 8;
+    settings.redis_url =
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    settings.redis_prefix = db_name.clone();
+    settings.http_host = "127.0.0.1".parse().expect("an address");
+    settings.order_port = 0;
+    settings.product_port = 0;
+    settings.payment_port = 0;
+    settings.gateway_port = 0;
+    settings.kafka_partitions = 3;
+    settings.kafka_session_timeout_ms = 6000;
+    settings.payment_latency_ms = options.payment_latency_ms;
+    settings.outbox_poll_ms = 20;
+    settings.shutdown_grace_seconds = 5;
+    let platform = Platform::start(&settings, Role::All)
+        .await
+        .expect("platform starts");
+    let addrs = platform.addresses.clone();
+    let (db, connection) = tokio_postgres::connect(&settings.database_url, NoTls)
+        .await
+        .expect("test database reachable");
+    tokio::spawn(connection);
+    TestApp {
+        platform: Some(platform),
+        http: reqwest::Client::new(),
+        order_url: format!("http://{}", addrs.order.expect("order service")),
+        product_url: format!("http://{}", addrs.product.expect("product service")),
+        ws_url: format!("ws://{}", addrs.gateway.expect("gateway")),
+        db,
+        db_name,
+    }
+}
+
+impl TestApp {
+    /// Stops the platform and drops the test database.
+    pub async fn teardown(mut self) {
+        if let Some(platform) = self.platform.take() {
+            platform.shutdown().await;
+        }
+        drop(self.db);
+        if let Ok((admin, connection)) =
+            tokio_postgres::connect(&format!("{}/postgres", postgres_base()), NoTls).await
+        {
+            tokio::spawn(connection);
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.db_name
+                ))
+                .await;
+        }
+    }
+
+    /// The Kafka bootstrap servers of this app's broker.
+    pub fn brokers(&self) -> String {
+        self.platform
+            .as_ref()
+            .expect("running")
+            .kafka_brokers
+            .clone()
+    }
+
+    /// Creates a product with `stock` units at 1000 cents; returns its id.
+    pub async fn create_product(&self, stock: i32) -> Uuid {
+        let response = self
+            .http
+            .post(format!("{}/products", self.product_url))
+            .json(&json!({
+                "sku": format!("TEST-{}", Uuid::new_v4().simple()),
+                "name": "Test product",
+                "price_cents": 1000,
+                "stock": stock,
+            }))
+            .send()
+            .await
+            .expect("product service answers");
+        assert_eq!(response.status(), 201, "create product");
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    /// The product's stock, read from Postgres directly.
+    pub async fn stock(&self, product_id: Uuid) -> i32 {
+        self.db
+            .query_one(
+                "SELECT stock FROM product.products WHERE id = $1",
+                &[&product_id],
+            )
+            .await
+            .expect("product exists")
+            .get(0)
+    }
+
+    /// Places an order; returns the response.
+    pub async fn place_order(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/orders", self.order_url))
+            .json(body)
+            .send()
+            .await
+            .expect("order service answers")
+    }
+
+    /// Places an order of `quantity` × `product_id` and returns its id.
+    pub async fn order(&self, product_id: Uuid, quantity: i32, token: &str) -> Uuid {
+        let response = self
+            .place_order(&json!({
+                "customer_id": "alice",
+                "items": [{"product_id": product_id, "quantity": quantity}],
+                "payment_token": token,
+            }))
+            .await;
+        assert_eq!(response.status(), 202, "place order");
+        let body: Value = response.json().await.expect("json");
+        body["order_id"]
+            .as_str()
+            .expect("order_id")
+            .parse()
+            .expect("uuid")
+    }
+
+    /// `GET /orders/{id}`.
+    pub async fn get_order(&self, order_id: Uuid) -> Value {
+        self.http
+            .get(format!("{}/orders/{order_id}", self.order_url))
+            .send()
+            .await
+            .expect("order service answers")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Waits until the order is CONFIRMED or REJECTED; returns it.
+    pub async fn wait_terminal(&self, order_id: Uuid) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let order = self.get_order(order_id).await;
+            if matches!(order["status"].as_str(), Some("CONFIRMED" | "REJECTED")) {
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} stuck: {order}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Opens a WebSocket to the gateway at `path_and_query` (e.g. `/ws`).
+    pub async fn websocket(&self, path_and_query: &str) -> WsClient {
+        let (socket, _) =
+            tokio_tungstenite::connect_async(format!("{}{path_and_query}", self.ws_url))
+                .await
+                .expect("websocket connects");
+        // Wait until the gateway has subscribed this connection.
+        let gateway = self
+            .platform
+            .as_ref()
+            .expect("running")
+            .gateway
+            .clone()
+            .expect("gateway");
+        let before = tokio::time::Instant::now();
+        while gateway.subscribers().await.unwrap_or(0) == 0 {
+            assert!(
+                before.elapsed() < Duration::from_secs(10),
+                "websocket never subscribed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        WsClient {
+            socket,
+            unread: Vec::new(),
+        }
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+}
+
+/// A WebSocket client of the gateway.
+pub struct WsClient {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Messages about other orders, kept for later calls.
+    unread: Vec<Value>,
+}
+
+impl WsClient {
+    /// The next JSON message, or `None` if none arrives within `wait`.
+    pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
+        if !self.unread.is_empty() {
+            return Some(self.unread.remove(0));
+        }
+        loop {
+            let message = tokio::time::timeout(wait, self.socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                return Some(serde_json::from_str(&text).expect("gateway sends JSON"));
+            }
+        }
+    }
+
+    /// Collects the statuses of `order_id` until one is terminal.
+    pub async fn statuses_until_terminal(&mut self, order_id: Uuid) -> Vec<Value> {
+        let mut seen = Vec::new();
+        let mut others = Vec::new();
+        while let Some(update) = self.next_json(Duration::from_secs(30)).await {
+            if update["order_id"] != json!(order_id) {
+                others.push(update);
+                continue;
+            }
+            let terminal = matches!(update["status"].as_str(), Some("CONFIRMED" | "REJECTED"));
+            seen.push(update);
+            if terminal {
+                others.append(&mut self.unread);
+                self.unread = others;
+                return seen;
+            }
+        }
+        panic!("no terminal status for {order_id}; saw {seen:?}");
+    }
+}
+
+/// The `status` fields of `updates`.
+pub fn statuses(updates: &[Value]) -> Vec<&str> {
+    updates
+        .iter()
+        .map(|u| u["status"].as_str().unwrap_or("?"))
+        .collect()
+}
