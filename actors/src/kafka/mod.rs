@@ -84,7 +84,34 @@ impl KafkaSettings {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()?;
-        let new_topics: Vec<NewTopic<'_>> = topics
+        let admin = std::sync::Arc::new(admin);
+        // Ask first: most starts find every topic there, and some brokers
+        // (librdkafka's mock among them) do not implement CreateTopics.
+        let existing = {
+            let admin = admin.clone();
+            tokio::task::spawn_blocking(move || {
+                admin
+                    .inner()
+                    .fetch_metadata(None, Duration::from_secs(10))
+                    .map(|m| {
+                        m.topics()
+                            .iter()
+                            .map(|t| t.name().to_owned())
+                            .collect::<Vec<_>>()
+                    })
+            })
+            .await
+            .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::Fail))??
+        };
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| !existing.iter().any(|e| e == t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
                 NewTopic::new(
@@ -94,15 +121,22 @@ impl KafkaSettings {
                 )
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin.create_topics(&new_topics, &options).await? {
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(15)));
+        let results = tokio::time::timeout(
+            Duration::from_secs(20),
+            admin.create_topics(&new_topics, &options),
+        )
+        .await
+        .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut))??;
+        for result in results {
             match result {
                 Ok(topic) => tracing::info!(%topic, partitions = self.partitions, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                        tracing::error!(%topic, %code, "could not create topic");
-                    })
+                    tracing::error!(%topic, %code, "could not create topic");
+                    return Err(KafkaError::AdminOp(code));
                 }
             }
         }
