@@ -36,6 +36,8 @@ pub enum Command {
     Migrate,
     /// Run only an embedded Kafka-protocol broker (for running services as
     /// separate processes on a machine without Kafka); prints its address.
+    /// Reads `down` and `up` lines on standard input to simulate an outage
+    /// (for fault-injection tests); data survives it.
     Broker,
 }
 
@@ -86,6 +88,28 @@ pub async fn run() -> anyhow::Result<()> {
         }
         service = platform.failed() => {
             anyhow::bail!("the {service} service stopped unexpectedly; exiting so it can be restarted")
+        }
+    }
+}
+
+/// Applies `down` / `up` lines from standard input to the broker. End of
+/// input (no terminal, or CI) just ends the control loop.
+async fn broker_control(broker: std::sync::Arc<shop_actors::kafka::EmbeddedBroker>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let up = match line.trim() {
+            "down" => false,
+            "up" => true,
+            "" => continue,
+            other => {
+                tracing::warn!(command = other, "unknown broker command; use `down` or `up`");
+                continue;
+            }
+        };
+        match broker.set_broker_up(up) {
+            Ok(()) => tracing::warn!(up, "broker availability changed"),
+            Err(error) => tracing::error!(%error, "could not change broker availability"),
         }
     }
 }

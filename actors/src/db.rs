@@ -72,11 +72,18 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
     },
     SchemaMigrations {
         schema: "orders",
-        steps: &[(1, include_str!("../migrations/orders_0001_init.sql"))],
+        steps: &[
+            (1, include_str!("../migrations/orders_0001_init.sql")),
+            (2, include_str!("../migrations/orders_0002_deadlines.sql")),
+            (3, include_str!("../migrations/orders_0003_idempotency_keys.sql")),
+        ],
     },
     SchemaMigrations {
         schema: "payment",
-        steps: &[(1, include_str!("../migrations/payment_0001_init.sql"))],
+        steps: &[
+            (1, include_str!("../migrations/payment_0001_init.sql")),
+            (2, include_str!("../migrations/payment_0002_voids.sql")),
+        ],
     },
 ];
 

@@ -27,13 +27,16 @@ pub mod topics {
     pub const PAYMENT_EVENTS: &str = "payment-events";
     /// The order lifecycle: every status change of every order.
     pub const ORDER_EVENTS: &str = "order-events";
+    /// Messages no consumer could handle, with why and where they came from.
+    pub const DEAD_LETTERS: &str = "dead-letters";
     /// Every topic the platform uses, for creating them at start-up.
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
         INVENTORY_COMMANDS,
         INVENTORY_EVENTS,
         PAYMENT_COMMANDS,
         PAYMENT_EVENTS,
         ORDER_EVENTS,
+        DEAD_LETTERS,
     ];
 }
 
@@ -125,6 +128,11 @@ pub enum Event {
     PaymentAuthorized(PaymentAuthorized),
     /// Reply: the payment was declined.
     PaymentDeclined(PaymentDeclined),
+    /// Command to the payment service: cancel the order's authorization, now
+    /// or whenever it arrives (compensation after a timeout).
+    VoidPayment(VoidPayment),
+    /// Reply: the order's authorization is void (or can never be made).
+    PaymentVoided(PaymentVoided),
     /// Lifecycle: an order was accepted and is PENDING.
     OrderCreated(OrderCreated),
     /// Lifecycle: an order moved to an intermediate status.
@@ -143,8 +151,10 @@ impl Event {
             Event::InventoryReserved(_)
             | Event::InventoryRejected(_)
             | Event::InventoryReleased(_) => topics::INVENTORY_EVENTS,
-            Event::AuthorizePayment(_) => topics::PAYMENT_COMMANDS,
-            Event::PaymentAuthorized(_) | Event::PaymentDeclined(_) => topics::PAYMENT_EVENTS,
+            Event::AuthorizePayment(_) | Event::VoidPayment(_) => topics::PAYMENT_COMMANDS,
+            Event::PaymentAuthorized(_) | Event::PaymentDeclined(_) | Event::PaymentVoided(_) => {
+                topics::PAYMENT_EVENTS
+            }
             Event::OrderCreated(_)
             | Event::OrderStatusChanged(_)
             | Event::OrderConfirmed(_)
@@ -163,6 +173,8 @@ impl Event {
             Event::AuthorizePayment(_) => "AuthorizePayment",
             Event::PaymentAuthorized(_) => "PaymentAuthorized",
             Event::PaymentDeclined(_) => "PaymentDeclined",
+            Event::VoidPayment(_) => "VoidPayment",
+            Event::PaymentVoided(_) => "PaymentVoided",
             Event::OrderCreated(_) => "OrderCreated",
             Event::OrderStatusChanged(_) => "OrderStatusChanged",
             Event::OrderConfirmed(_) => "OrderConfirmed",
@@ -272,6 +284,20 @@ pub struct PaymentDeclined {
     pub decline_code: String,
 }
 
+/// Payload of [`Event::VoidPayment`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoidPayment {
+    /// Why the authorization is cancelled.
+    pub reason: RejectReason,
+}
+
+/// Payload of [`Event::PaymentVoided`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentVoided {
+    /// The authorization voided, if one had been made.
+    pub authorization_id: Option<Uuid>,
+}
+
 /// Payload of [`Event::OrderCreated`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderCreated {
@@ -317,17 +343,20 @@ pub enum OrderStatus {
     Confirmed,
     /// Done: the order will not be fulfilled (see the reason).
     Rejected,
+    /// Compensation kept failing: an operator must look (`shop sagas --stuck`).
+    Failed,
 }
 
 impl OrderStatus {
     /// Every status, in saga order.
-    pub const ALL: [OrderStatus; 6] = [
+    pub const ALL: [OrderStatus; 7] = [
         OrderStatus::Pending,
         OrderStatus::InventoryReserved,
         OrderStatus::PaymentAuthorized,
         OrderStatus::Compensating,
         OrderStatus::Confirmed,
         OrderStatus::Rejected,
+        OrderStatus::Failed,
     ];
 
     /// The database and wire spelling.
@@ -339,6 +368,7 @@ impl OrderStatus {
             OrderStatus::Compensating => "COMPENSATING",
             OrderStatus::Confirmed => "CONFIRMED",
             OrderStatus::Rejected => "REJECTED",
+            OrderStatus::Failed => "FAILED",
         }
     }
 
@@ -347,9 +377,13 @@ impl OrderStatus {
         Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
-    /// True once the saga is over.
+    /// True once the saga is over. FAILED is terminal for the saga: it
+    /// stops acting and waits for an operator.
     pub fn is_terminal(self) -> bool {
-        matches!(self, OrderStatus::Confirmed | OrderStatus::Rejected)
+        matches!(
+            self,
+            OrderStatus::Confirmed | OrderStatus::Rejected | OrderStatus::Failed
+        )
     }
 }
 
@@ -367,6 +401,8 @@ pub enum RejectReason {
     OutOfStock,
     /// The payment processor declined the card.
     PaymentDeclined,
+    /// A step's deadline passed without an answer.
+    Timeout,
 }
 
 impl RejectReason {
@@ -375,13 +411,18 @@ impl RejectReason {
         match self {
             RejectReason::OutOfStock => "OUT_OF_STOCK",
             RejectReason::PaymentDeclined => "PAYMENT_DECLINED",
+            RejectReason::Timeout => "TIMEOUT",
         }
     }
 
     /// Parses the database spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        [RejectReason::OutOfStock, RejectReason::PaymentDeclined]
-            .into_iter()
+        [
+            RejectReason::OutOfStock,
+            RejectReason::PaymentDeclined,
+            RejectReason::Timeout,
+        ]
+        .into_iter()
             .find(|reason| reason.as_str() == s)
     }
 }
