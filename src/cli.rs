@@ -73,6 +73,8 @@ pub async fn run() -> anyhow::Result<()> {
                 brokers = broker.bootstrap_servers(),
                 "embedded broker running; Ctrl-C to stop"
             );
+            let broker = std::sync::Arc::new(broker);
+            tokio::spawn(broker_control(broker.clone()));
             shutdown_signal().await;
             return Ok(());
         }
