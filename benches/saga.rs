@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use shop_actors::events::{
     Envelope, Event, InventoryReserved, OrderLine, OrderStatus, ReserveInventory, StockLevel,
 };
-use shop_actors::order::machine::SagaState;
+use shop_actors::order::machine::{SagaPolicy, SagaState};
 use std::hint::black_box;
 use uuid::Uuid;
 
@@ -48,7 +48,10 @@ fn transition(c: &mut Criterion) {
         total_cents: 12_345,
         currency: "EUR".into(),
         payment_token: "tok_visa".into(),
+        deadline_at: None,
+        attempts: 0,
     };
+    let policy = SagaPolicy::default();
     let reply = Event::InventoryReserved(InventoryReserved {
         items: state
             .items
@@ -60,10 +63,13 @@ fn transition(c: &mut Criterion) {
             })
             .collect(),
     });
+    let now = chrono::Utc::now();
     c.bench_function("saga_transition_pending_to_reserved", |b| {
         b.iter(|| {
-            let transition = black_box(&state).next(black_box(&reply)).expect("a step");
-            state.apply(&transition)
+            let transition = black_box(&state)
+                .next(black_box(&reply), &policy)
+                .expect("a step");
+            state.apply(&transition, now)
         })
     });
 }

@@ -72,9 +72,53 @@ pub struct Settings {
     /// Simulated payment processor latency, in milliseconds.
     #[arg(long, env = "PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
     pub payment_latency_ms: u64,
+    /// How long a saga waits for stock or payment before compensating, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "SAGA_STEP_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub saga_step_timeout_ms: u64,
+    /// How long a saga waits for its first stock release to be acknowledged
+    /// before sending it again, in milliseconds; doubles at each attempt.
+    #[arg(
+        long,
+        env = "SAGA_RETRY_BASE_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub saga_retry_base_ms: u64,
+    /// Longest wait between compensation attempts, in milliseconds.
+    #[arg(
+        long,
+        env = "SAGA_RETRY_MAX_MS",
+        default_value_t = 120_000,
+        global = true
+    )]
+    pub saga_retry_max_ms: u64,
+    /// Compensation attempts before a saga is FAILED (an operator's turn).
+    #[arg(long, env = "SAGA_MAX_ATTEMPTS", default_value_t = 6, global = true)]
+    pub saga_max_attempts: i32,
+    /// How often the order service looks for overdue sagas no actor is
+    /// watching, in milliseconds.
+    #[arg(long, env = "SAGA_SWEEP_MS", default_value_t = 1_000, global = true)]
+    pub saga_sweep_ms: u64,
     /// How often an idle outbox relay polls, in milliseconds.
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 50, global = true)]
     pub outbox_poll_ms: u64,
+    /// Seconds an `Idempotency-Key` of `POST /orders` is remembered after
+    /// its first use (1 to 31536000, a year).
+    // Bounded so that `now() + ttl` in Postgres can never overflow.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_TTL_SECONDS",
+        default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(1..=31_536_000),
+        global = true
+    )]
+    pub idempotency_ttl_seconds: u64,
     /// Seconds to finish in-flight work on shutdown.
     #[arg(
         long,
@@ -118,6 +162,16 @@ impl Settings {
     /// Simulated payment latency.
     pub fn payment_latency(&self) -> Duration {
         Duration::from_millis(self.payment_latency_ms)
+    }
+
+    /// Saga deadlines and compensation retries.
+    pub fn saga_policy(&self) -> shop_actors::order::machine::SagaPolicy {
+        shop_actors::order::machine::SagaPolicy {
+            step_timeout: Duration::from_millis(self.saga_step_timeout_ms.max(1)),
+            retry_base: Duration::from_millis(self.saga_retry_base_ms.max(1)),
+            retry_max: Duration::from_millis(self.saga_retry_max_ms.max(1)),
+            max_attempts: self.saga_max_attempts.max(1),
+        }
     }
 
     /// The database URL with any password replaced, for logs.

@@ -196,8 +196,16 @@ impl Platform {
                 (None, Some(addr)) => format!("http://127.0.0.1:{}", addr.port()),
                 (None, None) => format!("http://127.0.0.1:{}", settings.product_port),
             };
-            let order = shop_actors::order::start(&infra, &product_url).await?;
+            let config = shop_actors::order::OrderConfig {
+                product_url,
+                policy: settings.saga_policy(),
+                sweep_every: Duration::from_millis(settings.saga_sweep_ms.max(10)),
+                idempotency_ttl: Duration::from_secs(settings.idempotency_ttl_seconds),
+            };
+            let order = shop_actors::order::start(&infra, &config).await?;
             let routes = http::order::routes(order.orders.clone())
+                .or(http::admin::routes(order.orders.clone()))
+                .unify()
                 .or(http::health::routes(readiness.clone()))
                 .unify();
             let addr = platform

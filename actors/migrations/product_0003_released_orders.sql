@@ -3,5 +3,6 @@
 -- take stock again.
 CREATE TABLE product.released_orders (
     order_id    uuid PRIMARY KEY,
+    reason      text NOT NULL,
     released_at timestamptz NOT NULL DEFAULT now()
 );

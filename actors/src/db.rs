@@ -21,11 +21,20 @@ pub enum DbError {
     #[error("invalid DATABASE_URL: {0}")]
     Config(String),
     /// A query or connection failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No pooled connection became free or could be opened in time.
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// The server's own message and code when there is one ("db error" alone
+/// says nothing about what went wrong).
+fn postgres_detail(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl DbError {
@@ -68,6 +77,10 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
                 2,
                 include_str!("../migrations/product_0002_demo_catalogue.sql"),
             ),
+            (
+                3,
+                include_str!("../migrations/product_0003_released_orders.sql"),
+            ),
         ],
     },
     SchemaMigrations {
@@ -75,7 +88,10 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
         steps: &[
             (1, include_str!("../migrations/orders_0001_init.sql")),
             (2, include_str!("../migrations/orders_0002_deadlines.sql")),
-            (3, include_str!("../migrations/orders_0003_idempotency_keys.sql")),
+            (
+                3,
+                include_str!("../migrations/orders_0003_idempotency_keys.sql"),
+            ),
         ],
     },
     SchemaMigrations {

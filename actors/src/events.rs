@@ -343,7 +343,7 @@ pub enum OrderStatus {
     Confirmed,
     /// Done: the order will not be fulfilled (see the reason).
     Rejected,
-    /// Compensation kept failing: an operator must look (`shop sagas --stuck`).
+    /// Compensation kept failing: an operator must look (`GET /admin/sagas/stuck`).
     Failed,
 }
 
@@ -423,7 +423,7 @@ impl RejectReason {
             RejectReason::Timeout,
         ]
         .into_iter()
-            .find(|reason| reason.as_str() == s)
+        .find(|reason| reason.as_str() == s)
     }
 }
 

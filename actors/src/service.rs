@@ -54,6 +54,10 @@ impl RunningService {
     /// Stops the tree (children first, so consumers commit and relays
     /// drain) and waits up to `grace` for it.
     pub async fn stop(self, grace: Duration) {
+        let _ = crate::rpc::ask(&self.supervisor, "supervisor", grace, |reply| {
+            SupervisorMsg::ShutDown { reply }
+        })
+        .await;
         for child in self.supervisor.get_children() {
             let _ = child.stop_and_wait(None, Some(grace)).await;
         }
@@ -101,7 +105,8 @@ pub async fn start_relay(
     Ok(notifier)
 }
 
-/// Starts a restartable Kafka consumer under `supervisor`.
+/// Starts a restartable Kafka consumer under `supervisor`. It dead-letters
+/// what it cannot handle through the process's shared producer.
 pub async fn start_consumer<H: EventHandler>(
     supervisor: &ActorRef<SupervisorMsg>,
     infra: &Infra,
@@ -110,12 +115,14 @@ pub async fn start_consumer<H: EventHandler>(
     handler: Arc<H>,
 ) -> Result<(), StartError> {
     let settings = infra.kafka.clone();
+    let producer = infra.producer.clone();
     let start: StartFn = Arc::new(move |cell| {
         let args = ConsumerArgs {
             settings: settings.clone(),
             subscription: subscription.clone(),
             topics: topics.clone(),
             handler: handler.clone(),
+            producer: producer.clone(),
         };
         Box::pin(async move {
             let (consumer, _) =

@@ -49,6 +49,8 @@ pub struct SupervisorState {
     service: &'static str,
     /// Children by actor id.
     children: HashMap<ActorId, Child>,
+    /// Set by [`SupervisorMsg::ShutDown`]: children now exit on purpose.
+    shutting_down: bool,
 }
 
 /// Messages of a [`ServiceSupervisor`].
@@ -73,6 +75,12 @@ pub enum SupervisorMsg {
         /// Restart history carried over from the previous incarnation.
         restarts: Vec<Instant>,
     },
+    /// The service is being stopped: children exiting from now on are
+    /// neither restarted nor treated as failures.
+    ShutDown {
+        /// Answered once noted.
+        reply: ractor::RpcReplyPort<()>,
+    },
 }
 
 impl Actor for ServiceSupervisor {
@@ -88,6 +96,7 @@ impl Actor for ServiceSupervisor {
         Ok(SupervisorState {
             service,
             children: HashMap::new(),
+            shutting_down: false,
         })
     }
 
@@ -114,6 +123,11 @@ impl Actor for ServiceSupervisor {
                 );
                 let _ = reply.send(());
             }
+            SupervisorMsg::ShutDown { reply } => {
+                state.shutting_down = true;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Start { .. } if state.shutting_down => {}
             SupervisorMsg::Start {
                 name,
                 start,
@@ -153,6 +167,10 @@ impl Actor for ServiceSupervisor {
         let Some(child) = state.children.remove(&cell.get_id()) else {
             return Ok(());
         };
+        if state.shutting_down {
+            tracing::debug!(service = state.service, child = child.name, "child stopped");
+            return Ok(());
+        }
         match child.kind {
             ChildKind::Restartable(start) => {
                 tracing::warn!(service = state.service, child = child.name, reason = ?failure, "child exited; restarting");

@@ -3,6 +3,7 @@
 //! `{"error": code, "message": text}` with the right status.
 
 use serde::Serialize;
+use shop_actors::order::idempotency::PlaceError;
 use shop_actors::order::OrderError;
 use shop_actors::product::CatalogError;
 use std::convert::Infallible;
@@ -15,6 +16,9 @@ pub enum ApiError {
     /// The request is syntactically wrong (bad JSON, bad query).
     #[error("{0}")]
     BadRequest(String),
+    /// The body is JSON but not the shape the route expects.
+    #[error("{0}")]
+    MalformedJson(String),
     /// The request is well-formed but its content is invalid.
     #[error("{0}")]
     Validation(String),
@@ -33,6 +37,12 @@ pub enum ApiError {
     /// A dependency is down; try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The `Idempotency-Key` was first used with a different request body.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    /// A request with the same `Idempotency-Key` is still being processed.
+    #[error("{0}")]
+    RequestInProgress(String),
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -41,6 +51,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::UnknownProduct(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_product"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -49,6 +60,10 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::IdempotencyKeyReused(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ApiError::RequestInProgress(_) => (StatusCode::CONFLICT, "request_in_progress"),
         }
     }
 }
@@ -68,6 +83,16 @@ impl From<OrderError> for ApiError {
             OrderError::Invalid(message) => ApiError::Validation(message),
             OrderError::UnknownProduct(_) => ApiError::UnknownProduct(e.to_string()),
             OrderError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(e: PlaceError) -> Self {
+        match e {
+            PlaceError::Order(e) => e.into(),
+            PlaceError::KeyReused => ApiError::IdempotencyKeyReused(e.to_string()),
+            PlaceError::InProgress => ApiError::RequestInProgress(e.to_string()),
         }
     }
 }

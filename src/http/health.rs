@@ -1,5 +1,11 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (its Postgres,
 //! Redis and Kafka connections work), for probes and operators.
+//!
+//! Postgres and Kafka are required: without them a service cannot do its
+//! work, so it reports not-ready (503) until they return. Redis is only a
+//! cache — every API keeps answering from Postgres without it — so its
+//! check is reported (`"redis": "degraded: …"`) but does not make the
+//! service unready, which would take a working service out of rotation.
 
 use deadpool_postgres::Pool;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -60,14 +66,21 @@ impl Readiness {
         let (postgres, redis, kafka) = tokio::join!(postgres, redis, kafka);
         let mut checks = serde_json::Map::new();
         let mut ready = true;
-        for (name, result) in [("postgres", postgres), ("redis", redis), ("kafka", kafka)] {
+        for (name, result, required) in [
+            ("postgres", postgres, true),
+            ("redis", redis, false),
+            ("kafka", kafka, true),
+        ] {
             if let Some(result) = result {
-                ready &= result.is_ok();
+                if required {
+                    ready &= result.is_ok();
+                }
                 checks.insert(
                     name.into(),
                     match result {
                         Ok(()) => json!("ok"),
-                        Err(e) => json!(e),
+                        Err(e) if required => json!(e),
+                        Err(e) => json!(format!("degraded: {e}")),
                     },
                 );
             }

@@ -2,6 +2,7 @@
 //! size limit, health and readiness), one module of routes per service, and
 //! the server loop with graceful shutdown.
 
+pub mod admin;
 pub mod error;
 pub mod gateway;
 pub mod health;

@@ -1,8 +1,11 @@
-//! Routes of the order service: place an order, read one, list a
-//! customer's orders.
+//! Routes of the order service: place an order (optionally with an
+//! `Idempotency-Key`), read one, list a customer's orders.
 
 use super::error::ApiError;
 use super::json_body;
+use serde::Deserialize;
+use serde_json::Value;
+use shop_actors::order::idempotency::{IdempotencyKey, IdempotentRequest};
 use shop_actors::order::model::PlaceOrder;
 use shop_actors::order::Orders;
 use std::collections::HashMap;
@@ -19,9 +22,12 @@ pub fn routes(
     orders: Orders,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_orders = warp::any().map(move || orders.clone());
+    // The body is taken as JSON first: an idempotency key is bound to the
+    // body as JSON, not to its bytes, so a retry may reorder keys or spacing.
     let place = warp::path!("orders")
         .and(warp::post())
-        .and(json_body::<PlaceOrder>())
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(json_body::<Value>())
         .and(with_orders.clone())
         .and_then(place);
     let get = warp::path!("orders" / Uuid)
@@ -36,11 +42,35 @@ pub fn routes(
     place.or(get).unify().or(list).unify()
 }
 
-async fn place(request: PlaceOrder, orders: Orders) -> Result<warp::reply::Response, Rejection> {
-    let placed = orders.place(request).await.map_err(ApiError::from)?;
-    let location = format!("/orders/{}", placed.order_id);
-    let reply = warp::reply::with_status(warp::reply::json(&placed), StatusCode::ACCEPTED);
-    Ok(warp::reply::with_header(reply, "location", location).into_response())
+async fn place(
+    key: Option<String>,
+    body: Value,
+    orders: Orders,
+) -> Result<warp::reply::Response, Rejection> {
+    let key = key
+        .as_deref()
+        .map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let request = PlaceOrder::deserialize(&body)
+        .map_err(|e| ApiError::MalformedJson(format!("request body is not valid: {e}")))?;
+    let idempotent = key.map(|key| IdempotentRequest { key, body });
+    let placement = orders
+        .place(request, idempotent)
+        .await
+        .map_err(ApiError::from)?;
+    let location = format!("/orders/{}", placement.order.order_id);
+    // A stored status is one this route answered before.
+    let status = StatusCode::from_u16(placement.status).unwrap_or(StatusCode::ACCEPTED);
+    let reply = warp::reply::with_status(warp::reply::json(&placement.order), status);
+    let mut response = warp::reply::with_header(reply, "location", location).into_response();
+    if placement.replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            warp::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 async fn get(order_id: Uuid, orders: Orders) -> Result<warp::reply::Response, Rejection> {

@@ -32,10 +32,38 @@ pub struct TestApp {
 }
 
 /// Options for [`spawn_app_with`].
-#[derive(Default)]
 pub struct Options {
     /// Simulated payment latency.
     pub payment_latency_ms: u64,
+    /// Saga step deadline.
+    pub saga_step_timeout_ms: u64,
+    /// First compensation retry wait.
+    pub saga_retry_base_ms: u64,
+    /// Compensation attempts before FAILED.
+    pub saga_max_attempts: i32,
+    /// Which services to run.
+    pub role: Role,
+    /// An existing broker (required unless `role` is `All`).
+    pub kafka_brokers: Option<String>,
+    /// An existing test database to reuse (a restart), instead of a new one.
+    pub db_name: Option<String>,
+    /// A Redis other than the machine's.
+    pub redis_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            payment_latency_ms: 0,
+            saga_step_timeout_ms: 30_000,
+            saga_retry_base_ms: 5_000,
+            saga_max_attempts: 6,
+            role: Role::All,
+            kafka_brokers: None,
+            db_name: None,
+            redis_url: None,
+        }
+    }
 }
 
 /// Starts all four services on free ports with a fresh database.
@@ -46,12 +74,16 @@ pub async fn spawn_app() -> TestApp {
 /// [`spawn_app`] with options.
 pub async fn spawn_app_with(options: Options) -> TestApp {
     shop::telemetry::init(shop::config::LogFormat::Text);
-    let db_name = format!("shop_test_{}", Uuid::new_v4().simple());
+    let db_name = options
+        .db_name
+        .clone()
+        .unwrap_or_else(|| format!("shop_test_{}", Uuid::new_v4().simple()));
     let mut settings = Settings::defaults();
     settings.database_url = format!("{}/{db_name}", postgres_base());
     settings.database_pool_size = 8;
-    settings.redis_url =
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    settings.redis_url = options.redis_url.clone().unwrap_or_else(|| {
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    });
     settings.redis_prefix = db_name.clone();
     settings.http_host = "127.0.0.1".parse().expect("an address");
     settings.order_port = 0;
@@ -61,9 +93,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.kafka_partitions = 3;
     settings.kafka_session_timeout_ms = 6000;
     settings.payment_latency_ms = options.payment_latency_ms;
+    settings.saga_step_timeout_ms = options.saga_step_timeout_ms;
+    settings.saga_retry_base_ms = options.saga_retry_base_ms;
+    settings.saga_max_attempts = options.saga_max_attempts;
+    settings.saga_sweep_ms = 100;
+    settings.kafka_brokers = options.kafka_brokers.clone();
     settings.outbox_poll_ms = 20;
     settings.shutdown_grace_seconds = 5;
-    let platform = Platform::start(&settings, Role::All)
+    let platform = Platform::start(&settings, options.role)
         .await
         .expect("platform starts");
     let addrs = platform.addresses.clone();
@@ -74,15 +111,33 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     TestApp {
         platform: Some(platform),
         http: reqwest::Client::new(),
-        order_url: format!("http://{}", addrs.order.expect("order service")),
-        product_url: format!("http://{}", addrs.product.expect("product service")),
-        ws_url: format!("ws://{}", addrs.gateway.expect("gateway")),
+        order_url: addrs
+            .order
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
+        product_url: addrs
+            .product
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
+        ws_url: addrs
+            .gateway
+            .map(|a| format!("ws://{a}"))
+            .unwrap_or_default(),
         db,
         db_name,
     }
 }
 
 impl TestApp {
+    /// Stops the platform but keeps the database, for a restart; returns
+    /// the database's name.
+    pub async fn stop_keeping_data(mut self) -> String {
+        if let Some(platform) = self.platform.take() {
+            platform.shutdown().await;
+        }
+        self.db_name.clone()
+    }
+
     /// Stops the platform and drops the test database.
     pub async fn teardown(mut self) {
         if let Some(platform) = self.platform.take() {

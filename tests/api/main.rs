@@ -5,7 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_requests;
+mod dead_letters;
+mod deadlines;
 mod helpers;
+mod idempotency;
 mod redelivery;
+mod redis_outage;
 mod saga;
 mod websocket;

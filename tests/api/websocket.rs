@@ -46,6 +46,7 @@ async fn following_one_order_shows_only_that_order() {
     // A slow processor leaves time to connect after the order is accepted.
     let app = spawn_app_with(Options {
         payment_latency_ms: 800,
+        ..Options::default()
     })
     .await;
     let product = app.create_product(10).await;

@@ -6,13 +6,21 @@
 //! effect; the other half is that every handler records the event ids it has
 //! processed in the same transaction as their effect, so a redelivered batch
 //! changes nothing.
+//!
+//! A message that cannot be handled — not a valid envelope, or refused
+//! permanently by the handler [`PERMANENT_ATTEMPTS`] times in a row — goes to
+//! the dead-letter topic ([`super::dead_letters`]), and its offset is stored
+//! only once Kafka has acknowledged the dead letter: every message is either
+//! handled or dead-lettered, and one bad message never blocks the others.
 
 use crate::events::Envelope;
+use crate::kafka::dead_letters::{self, Failure};
 use crate::kafka::KafkaSettings;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +32,11 @@ const MAX_BATCH: usize = 256;
 /// First and longest pause between retries of a failing batch.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How many times in a row the handler may refuse one message permanently
+/// before it is dead-lettered. More than one, because a "permanent" error is
+/// the handler's judgement and is sometimes wrong (a constraint that a
+/// concurrent transaction was about to satisfy).
+pub const PERMANENT_ATTEMPTS: u32 = 3;
 
 /// Why a handler could not finish a batch.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +84,9 @@ pub struct ConsumerArgs<H> {
     pub topics: Vec<&'static str>,
     /// What to do with each batch.
     pub handler: Arc<H>,
+    /// The process's shared producer, for sending messages that cannot be
+    /// handled to the dead-letter topic.
+    pub producer: FutureProducer,
 }
 
 /// The consumer actor; see the module documentation.
@@ -137,7 +153,10 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
             args.handler,
             stop_rx,
             myself,
-            label,
+            DeadLetters {
+                producer: args.producer,
+                group: label,
+            },
         ));
         Ok(ConsumerState {
             consumer,
@@ -202,44 +221,66 @@ fn assign_at_end(consumer: &StreamConsumer, topics: &[&str]) -> rdkafka::error::
     consumer.assign(&assignment)
 }
 
-/// One message's position, to store once its batch is handled.
-struct Position {
+/// One message as read, kept whole until its offset is stored: its position
+/// to store, and its original bytes in case it has to be dead-lettered.
+struct Received {
     topic: String,
     partition: i32,
     offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
 }
+
+/// A decoded envelope in a batch, with the index of the [`Received`]
+/// message it came from.
+struct Item {
+    envelope: Envelope,
+    source: usize,
+}
+
+/// Where this consumer sends messages it cannot handle.
+struct DeadLetters {
+    /// The process's shared producer.
+    producer: FutureProducer,
+    /// The consumer group, or `broadcast`, for logs and the dead letter's headers.
+    group: String,
+}
+
+/// Why [`handle_with_retry`] or [`dead_letter`] returned before finishing.
+struct Stopped;
 
 async fn poll_loop<H: EventHandler>(
     consumer: Arc<StreamConsumer>,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
     myself: ActorRef<ConsumerMsg>,
-    group: String,
+    dead_letters: DeadLetters,
 ) {
+    let group = dead_letters.group.as_str();
     loop {
         let first = tokio::select! {
             _ = stop.changed() => return,
             message = consumer.recv() => message,
         };
+        let mut received = Vec::new();
         let mut batch = Vec::new();
-        let mut positions = Vec::new();
+        let mut undecodable = Vec::new();
         let mut fatal = None;
         let mut next = Some(first);
-        while let Some(received) = next.take() {
-            match received {
+        while let Some(message) = next.take() {
+            match message {
                 Ok(message) => {
-                    positions.push(Position {
+                    let source = received.len();
+                    received.push(Received {
                         topic: message.topic().to_owned(),
                         partition: message.partition(),
                         offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
                     });
                     match Envelope::decode(message.payload().unwrap_or_default()) {
-                        Ok(envelope) => batch.push(envelope),
-                        Err(error) => tracing::error!(
-                            %group, topic = message.topic(), partition = message.partition(),
-                            offset = message.offset(), %error,
-                            "skipping a message that is not a valid envelope"
-                        ),
+                        Ok(envelope) => batch.push(Item { envelope, source }),
+                        Err(error) => undecodable.push((source, error.to_string())),
                     }
                 }
                 Err(error) => {
@@ -250,18 +291,32 @@ async fn poll_loop<H: EventHandler>(
                     }
                 }
             }
-            if positions.len() < MAX_BATCH {
+            if received.len() < MAX_BATCH {
                 // Take whatever else is already fetched, without waiting.
                 next = consumer.recv().now_or_never();
             }
         }
-        if !batch.is_empty() && !handle_with_retry(&*handler, batch, &mut stop, &group).await {
+        for (source, error) in undecodable {
+            if dead_letter(&dead_letters, &received[source], error, &mut stop)
+                .await
+                .is_err()
+            {
+                // Stopping: leave the offsets unstored so it is redelivered.
+                return;
+            }
+        }
+        if !batch.is_empty()
+            && handle_with_retry(&*handler, batch, &received, &dead_letters, &mut stop)
+                .await
+                .is_err()
+        {
             // Stopping mid-retry: leave the offsets unstored so it is redelivered.
             return;
         }
-        for position in positions {
+        // Every message is now handled or acknowledged as a dead letter.
+        for message in received {
             if let Err(error) =
-                consumer.store_offset(&position.topic, position.partition, position.offset)
+                consumer.store_offset(&message.topic, message.partition, message.offset)
             {
                 // The partition moved to another member, which will redo the
                 // work; the recorded event ids make that harmless.
@@ -276,46 +331,306 @@ async fn poll_loop<H: EventHandler>(
 }
 
 /// Hands `batch` to the handler until it succeeds. A batch that fails
-/// permanently is split, so one bad message cannot hold back the others.
-/// Returns false if asked to stop before the batch was done.
+/// permanently is split, so one bad message cannot hold back the others; a
+/// single message that fails permanently [`PERMANENT_ATTEMPTS`] times in a
+/// row is dead-lettered. Transient failures (a database outage) are retried
+/// for as long as they last: they say nothing about the message.
 async fn handle_with_retry<H: EventHandler>(
     handler: &H,
-    batch: Vec<Envelope>,
+    batch: Vec<Item>,
+    received: &[Received],
+    dead_letters: &DeadLetters,
     stop: &mut watch::Receiver<bool>,
-    group: &str,
-) -> bool {
+) -> Result<(), Stopped> {
+    let group = dead_letters.group.as_str();
     let mut pending = vec![batch];
     while let Some(batch) = pending.pop() {
         let mut backoff = RETRY_MIN;
+        let mut refusals = 0;
         loop {
-            match handler.handle(batch.clone()).await {
+            let envelopes = batch.iter().map(|item| item.envelope.clone()).collect();
+            match handler.handle(envelopes).await {
                 Ok(()) => break,
                 Err(HandlerError::Permanent(reason)) if batch.len() > 1 => {
                     tracing::warn!(%group, %reason, size = batch.len(), "batch failed; retrying its messages one by one");
                     // Pushed in reverse so they are handled in their original order.
-                    pending.extend(batch.into_iter().rev().map(|envelope| vec![envelope]));
+                    pending.extend(batch.into_iter().rev().map(|item| vec![item]));
                     break;
                 }
-                Err(HandlerError::Permanent(reason)) => {
-                    let envelope = &batch[0];
-                    tracing::error!(
-                        %group, %reason, event_id = %envelope.event_id,
-                        order_id = %envelope.order_id, event_type = envelope.event.type_name(),
-                        "dropping a message that cannot be handled"
-                    );
-                    break;
-                }
-                Err(HandlerError::Transient(reason)) => {
-                    tracing::warn!(%group, %reason, retry_in_ms = backoff.as_millis() as u64, "batch failed; will retry");
-                    let pause = crate::retry::jittered(backoff);
-                    tokio::select! {
-                        _ = stop.changed() => return false,
-                        _ = tokio::time::sleep(pause) => {}
+                Err(error @ HandlerError::Permanent(_)) => {
+                    refusals += 1;
+                    let Some(item) = batch.first() else { break };
+                    if refusals >= PERMANENT_ATTEMPTS {
+                        dead_letter(
+                            dead_letters,
+                            &received[item.source],
+                            error.to_string(),
+                            stop,
+                        )
+                        .await?;
+                        break;
                     }
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    tracing::warn!(
+                        %group, %error, event_id = %item.envelope.event_id,
+                        attempt = refusals, retry_in_ms = backoff.as_millis() as u64,
+                        "message refused; will retry before dead-lettering it"
+                    );
                 }
+                Err(error @ HandlerError::Transient(_)) => {
+                    // Only refusals in a row count: an outage in between
+                    // says nothing about the message.
+                    refusals = 0;
+                    tracing::warn!(%group, %error, retry_in_ms = backoff.as_millis() as u64, "batch failed; will retry");
+                }
+            }
+            pause(backoff, stop).await?;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+    Ok(())
+}
+
+/// Sends `message` to the dead-letter topic with `error`, retrying with
+/// backoff until Kafka acknowledges it: its offset must not be stored
+/// before, or a message would be neither handled nor dead-lettered.
+async fn dead_letter(
+    dead_letters: &DeadLetters,
+    message: &Received,
+    error: String,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Stopped> {
+    let failure = Failure {
+        error,
+        source_topic: message.topic.clone(),
+        source_partition: message.partition,
+        source_offset: message.offset,
+        group: dead_letters.group.clone(),
+        failed_at: chrono::Utc::now(),
+    };
+    tracing::error!(
+        group = %failure.group, topic = %failure.source_topic,
+        partition = failure.source_partition, offset = failure.source_offset,
+        error = %failure.error,
+        failed_at = %failure.failed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "message cannot be handled; sending it to the dead-letter topic"
+    );
+    let mut backoff = RETRY_MIN;
+    loop {
+        let sent = tokio::select! {
+            _ = stop.changed() => return Err(Stopped),
+            sent = dead_letters::send(
+                &dead_letters.producer,
+                message.key.as_deref(),
+                message.payload.as_deref(),
+                &failure,
+            ) => sent,
+        };
+        match sent {
+            Ok((dead_letter_partition, dead_letter_offset)) => {
+                tracing::info!(
+                    group = %failure.group, topic = %failure.source_topic,
+                    partition = failure.source_partition, offset = failure.source_offset,
+                    dead_letter_partition, dead_letter_offset, "dead letter stored"
+                );
+                return Ok(());
+            }
+            Err(error) => tracing::warn!(
+                group = %failure.group, %error, retry_in_ms = backoff.as_millis() as u64,
+                "could not send a dead letter; will retry"
+            ),
+        }
+        pause(backoff, stop).await?;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+/// Sleeps about `backoff` (jittered), unless asked to stop first.
+async fn pause(backoff: Duration, stop: &mut watch::Receiver<bool>) -> Result<(), Stopped> {
+    tokio::select! {
+        _ = stop.changed() => Err(Stopped),
+        _ = tokio::time::sleep(crate::retry::jittered(backoff)) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{topics, Event, OrderLine, ReserveInventory};
+    use rdkafka::mocking::MockCluster;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use uuid::Uuid;
+
+    /// Refuses, permanently, every batch holding `poison`; accepts the rest.
+    struct RefusesPoison {
+        poison: Uuid,
+        /// Batches handed over, in order, as their event ids.
+        calls: std::sync::Mutex<Vec<Vec<Uuid>>>,
+    }
+
+    impl EventHandler for RefusesPoison {
+        async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
+            let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+            let poisoned = ids.contains(&self.poison);
+            self.calls.lock().unwrap().push(ids);
+            if poisoned {
+                Err(HandlerError::Permanent("no such thing".into()))
+            } else {
+                Ok(())
             }
         }
     }
-    true
+
+    /// Refuses twice, then accepts.
+    struct RefusesTwice(AtomicU32);
+
+    impl EventHandler for RefusesTwice {
+        async fn handle(&self, _batch: Vec<Envelope>) -> Result<(), HandlerError> {
+            match self.0.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(HandlerError::Permanent("not yet".into())),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    fn envelope() -> Envelope {
+        Envelope::new(
+            Uuid::now_v7(),
+            Uuid::new_v4(),
+            Event::ReserveInventory(ReserveInventory {
+                items: vec![OrderLine {
+                    product_id: Uuid::new_v4(),
+                    quantity: 1,
+                }],
+            }),
+        )
+    }
+
+    /// `envelopes` as if read at offsets 10, 11, … of partition 1.
+    fn as_read(envelopes: &[Envelope]) -> (Vec<Item>, Vec<Received>) {
+        let received = envelopes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Received {
+                topic: topics::INVENTORY_COMMANDS.into(),
+                partition: 1,
+                offset: 10 + i as i64,
+                key: Some(e.key().into_bytes()),
+                payload: Some(e.encode()),
+            })
+            .collect();
+        let items = envelopes
+            .iter()
+            .enumerate()
+            .map(|(source, e)| Item {
+                envelope: e.clone(),
+                source,
+            })
+            .collect();
+        (items, received)
+    }
+
+    fn dead_letters(
+        cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    ) -> DeadLetters {
+        let settings = KafkaSettings::new(cluster.bootstrap_servers());
+        DeadLetters {
+            producer: settings.producer().unwrap(),
+            group: "product".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_refused_message_is_dead_lettered_and_the_rest_of_its_batch_handled() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topics::DEAD_LETTERS, 1, 1).unwrap();
+        let batch = [envelope(), envelope(), envelope()];
+        let handler = RefusesPoison {
+            poison: batch[1].event_id,
+            calls: Default::default(),
+        };
+        let (items, received) = as_read(&batch);
+        let (_stop, mut stop_rx) = watch::channel(false);
+        let sink = dead_letters(&cluster);
+
+        let done = handle_with_retry(&handler, items, &received, &sink, &mut stop_rx).await;
+        assert!(done.is_ok());
+
+        let ids = |e: &[&Envelope]| e.iter().map(|e| e.event_id).collect::<Vec<_>>();
+        let [first, poison, last] = [&batch[0], &batch[1], &batch[2]];
+        assert_eq!(
+            *handler.calls.lock().unwrap(),
+            vec![
+                ids(&[first, poison, last]),
+                ids(&[first]),
+                ids(&[poison]),
+                ids(&[poison]),
+                ids(&[poison]),
+                ids(&[last]),
+            ],
+            "the batch is split, and the refused message tried {PERMANENT_ATTEMPTS} times"
+        );
+        let settings = KafkaSettings::new(cluster.bootstrap_servers());
+        let letters = dead_letters::list(&settings).await.unwrap();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter = &letters[0];
+        assert_eq!(letter.payload, poison.encode(), "original bytes");
+        assert_eq!(letter.key.as_deref(), Some(poison.key().as_bytes()));
+        assert_eq!(letter.error.as_deref(), Some("permanent: no such thing"));
+        assert_eq!(
+            letter.source_topic.as_deref(),
+            Some(topics::INVENTORY_COMMANDS)
+        );
+        assert_eq!(
+            (letter.source_partition, letter.source_offset),
+            (Some(1), Some(11))
+        );
+        assert_eq!(letter.group.as_deref(), Some("product"));
+        assert!(letter.failed_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_message_accepted_before_the_last_attempt_is_not_dead_lettered() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topics::DEAD_LETTERS, 1, 1).unwrap();
+        let handler = RefusesTwice(AtomicU32::new(0));
+        let (items, received) = as_read(&[envelope()]);
+        let (_stop, mut stop_rx) = watch::channel(false);
+
+        let done = handle_with_retry(
+            &handler,
+            items,
+            &received,
+            &dead_letters(&cluster),
+            &mut stop_rx,
+        )
+        .await;
+
+        assert!(done.is_ok());
+        assert_eq!(handler.0.load(Ordering::SeqCst), 3);
+        let settings = KafkaSettings::new(cluster.bootstrap_servers());
+        assert!(dead_letters::list(&settings).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stopping_while_a_dead_letter_cannot_be_sent_leaves_the_offset_unstored() {
+        let cluster = MockCluster::new(1).unwrap();
+        // No dead-letter topic, and the broker down: the send cannot succeed.
+        cluster.broker_down(1).unwrap();
+        let (_, received) = as_read(&[envelope()]);
+        let (stop, mut stop_rx) = watch::channel(false);
+        let sink = dead_letters(&cluster);
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = stop.send(true);
+            stop
+        });
+
+        let sent = dead_letter(&sink, &received[0], "bad".into(), &mut stop_rx).await;
+
+        assert!(
+            sent.is_err(),
+            "reported as stopped, so the caller stores nothing"
+        );
+        drop(stopper.await);
+    }
 }

@@ -1,7 +1,9 @@
 //! Kafka plumbing: client settings, topic creation, the embedded
-//! Kafka-protocol broker, and the consumer actor every service uses.
+//! Kafka-protocol broker, the consumer actor every service uses, and the
+//! dead-letter topic's reader and replayer.
 
 pub mod consumer;
+pub mod dead_letters;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -12,6 +14,7 @@ use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 
 pub use consumer::{ConsumerArgs, EventConsumer, EventHandler, HandlerError, Subscription};
+pub use dead_letters::{DeadLetter, DeadLetterError, Selection};
 
 /// How to reach Kafka and how topics are laid out.
 #[derive(Debug, Clone)]

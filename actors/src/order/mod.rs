@@ -3,12 +3,14 @@
 //! ```text
 //! ServiceSupervisor("order")
 //! ├── OrderRepo          Postgres: orders, items, history, saga state (essential)
+//! ├── IdempotencyStore   Postgres: Idempotency-Key claims, expiry (essential)
 //! ├── OutboxRelay        orders.outbox -> commands and order-events (essential)
 //! ├── SagaSupervisor     one OrderSaga per in-flight order (essential)
 //! │   └── OrderSaga ...
 //! └── EventConsumer      inventory-events, payment-events -> SagaReplies (restartable)
 //! ```
 
+pub mod idempotency;
 pub mod machine;
 pub mod model;
 pub mod products;
@@ -65,11 +67,83 @@ pub struct Orders {
     repo: ActorRef<OrderRepoMsg>,
     sagas: ActorRef<SagasMsg>,
     products: ProductClient,
+    /// Claims and releases idempotency keys.
+    idempotency: ActorRef<idempotency::IdempotencyMsg>,
+    /// How long a new order may wait for its stock.
+    step_timeout: chrono::Duration,
 }
 
 impl Orders {
-    /// Validates, prices and stores an order, then starts its saga.
-    pub async fn place(&self, request: PlaceOrder) -> Result<PlacedOrder, OrderError> {
+    /// Validates, prices and stores an order, then starts its saga. With an
+    /// idempotency key, a repeat of an answered request gets the same answer
+    /// and no second order (see [`idempotency`]).
+    pub async fn place(
+        &self,
+        request: PlaceOrder,
+        idempotent: Option<idempotency::IdempotentRequest>,
+    ) -> Result<idempotency::Placement, idempotency::PlaceError> {
+        use idempotency::{ClaimOutcome, IdempotencyMsg, PlaceError, Placement};
+        let claim = match idempotent {
+            None => None,
+            Some(request) => {
+                match ask(
+                    &self.idempotency,
+                    "idempotency store",
+                    DEFAULT_TIMEOUT,
+                    |reply| IdempotencyMsg::Claim { request, reply },
+                )
+                .await??
+                {
+                    ClaimOutcome::Claimed(claim) => Some(claim),
+                    ClaimOutcome::Replay(placement) => {
+                        let order_id = placement.order.order_id;
+                        tracing::info!(%order_id, "order request repeated; answered from its key");
+                        return Ok(placement);
+                    }
+                    ClaimOutcome::Reused => return Err(PlaceError::KeyReused),
+                    ClaimOutcome::InProgress => return Err(PlaceError::InProgress),
+                }
+            }
+        };
+        match self.place_new(request, claim.clone()).await {
+            Ok(order) => Ok(Placement {
+                status: warp::http::StatusCode::ACCEPTED.as_u16(),
+                order,
+                replayed: false,
+            }),
+            Err(error) => {
+                if let Some(claim) = claim {
+                    // Free the key for a retry. Only this request's own
+                    // IN_PROGRESS claim is deleted: if the order committed
+                    // after all (its answer came too late), the key is DONE
+                    // and stays.
+                    let released = ask(
+                        &self.idempotency,
+                        "idempotency store",
+                        DEFAULT_TIMEOUT,
+                        |reply| IdempotencyMsg::Release { claim, reply },
+                    )
+                    .await;
+                    // Unreleased, the claim lapses with its lock and a retry
+                    // takes it over then.
+                    match released {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::warn!(%error, "idempotency key not released"),
+                        Err(error) => tracing::warn!(%error, "idempotency key not released"),
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Orders::place`] once the key, if any, is claimed: completes the
+    /// key in the order's transaction.
+    async fn place_new(
+        &self,
+        request: PlaceOrder,
+        claim: Option<idempotency::Claim>,
+    ) -> Result<PlacedOrder, idempotency::PlaceError> {
         let order = request.validate().map_err(OrderError::Invalid)?;
         let ids: Vec<Uuid> = order.lines.iter().map(|(id, _)| *id).collect();
         let products = self
@@ -95,6 +169,8 @@ impl Orders {
             .map(|i| i.unit_price_cents * i64::from(i.quantity))
             .sum();
         let saga = SagaState {
+            deadline_at: Some(chrono::Utc::now() + self.step_timeout),
+            attempts: 0,
             order_id: Uuid::now_v7(),
             customer_id: order.customer_id,
             correlation_id: Uuid::new_v4(),
@@ -113,11 +189,21 @@ impl Orders {
             payment_token: order.payment_token,
         };
         let order_id = saga.order_id;
+        let placed = PlacedOrder {
+            order_id,
+            status: OrderStatus::Pending,
+        };
+        let idempotency = claim.map(|claim| idempotency::Completion {
+            claim,
+            status: warp::http::StatusCode::ACCEPTED.as_u16(),
+            order: placed.clone(),
+        });
         ask(&self.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
             OrderRepoMsg::Create {
                 order: NewOrder {
                     saga: saga.clone(),
                     items,
+                    idempotency,
                 },
                 reply,
             }
@@ -127,10 +213,7 @@ impl Orders {
         // The order is durable; if this message is lost, the first reply
         // starts the saga from Postgres instead.
         let _ = self.sagas.send_message(SagasMsg::Begin { state: saga });
-        Ok(PlacedOrder {
-            order_id,
-            status: OrderStatus::Pending,
-        })
+        Ok(placed)
     }
 
     /// One order with items and history.
@@ -157,6 +240,18 @@ impl Orders {
         .await??)
     }
 
+    /// Sagas an operator should look at: FAILED, or overdue by more than
+    /// `grace_seconds`.
+    pub async fn stuck(&self, grace_seconds: f64) -> Result<Vec<repo::StuckSaga>, OrderError> {
+        Ok(ask(&self.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
+            OrderRepoMsg::ListStuck {
+                grace_seconds,
+                reply,
+            }
+        })
+        .await??)
+    }
+
     /// How many sagas are running in this process.
     pub async fn running_sagas(&self) -> Result<usize, OrderError> {
         Ok(
@@ -176,9 +271,22 @@ pub struct OrderService {
     pub orders: Orders,
 }
 
-/// Starts the order service's actor tree; `product_url` is the product
-/// service's base URL.
-pub async fn start(infra: &Infra, product_url: &str) -> Result<OrderService, StartError> {
+/// How the order service is set up.
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    /// The product service's base URL, for pricing orders.
+    pub product_url: String,
+    /// Saga deadlines and compensation retries.
+    pub policy: machine::SagaPolicy,
+    /// How often to look for overdue sagas nobody is watching.
+    pub sweep_every: std::time::Duration,
+    /// How long an `Idempotency-Key` of `POST /orders` is remembered.
+    pub idempotency_ttl: std::time::Duration,
+}
+
+/// Starts the order service's actor tree.
+pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, StartError> {
+    let product_url = config.product_url.as_str();
     let service = RunningService::start("order").await?;
     let supervisor = &service.supervisor;
     let (repo, _) = Actor::spawn_linked(
@@ -195,6 +303,23 @@ pub async fn start(infra: &Infra, product_url: &str) -> Result<OrderService, Sta
         ChildKind::Essential,
     )
     .await?;
+    let (idempotency, _) = Actor::spawn_linked(
+        None,
+        idempotency::IdempotencyStore,
+        idempotency::StoreArgs {
+            pool: infra.pool.clone(),
+            ttl: config.idempotency_ttl,
+        },
+        supervisor.get_cell(),
+    )
+    .await?;
+    sup::adopt(
+        supervisor,
+        idempotency.get_cell(),
+        "idempotency-store",
+        ChildKind::Essential,
+    )
+    .await?;
     let outbox = service::start_relay(supervisor, infra, "orders").await?;
     let (sagas, _) = Actor::spawn_linked(
         None,
@@ -202,6 +327,8 @@ pub async fn start(infra: &Infra, product_url: &str) -> Result<OrderService, Sta
         sagas::SagasArgs {
             repo: repo.clone(),
             outbox,
+            policy: config.policy,
+            sweep_every: config.sweep_every,
         },
         supervisor.get_cell(),
     )
@@ -231,6 +358,9 @@ pub async fn start(infra: &Infra, product_url: &str) -> Result<OrderService, Sta
             repo,
             sagas,
             products: ProductClient::new(product_url),
+            idempotency,
+            step_timeout: chrono::Duration::from_std(config.policy.step_timeout)
+                .unwrap_or(chrono::Duration::MAX),
         },
     })
 }

@@ -2,8 +2,9 @@
 //! routes each reply to its order's saga and reports the batch done only
 //! when every resulting step is durable.
 
+use super::saga::is_saga_reply;
 use super::sagas::SagasMsg;
-use crate::events::{Envelope, Event};
+use crate::events::Envelope;
 use crate::kafka::{EventHandler, HandlerError};
 use crate::rpc::ask;
 use futures::future::join_all;
@@ -26,18 +27,16 @@ impl EventHandler for SagaReplies {
         // Different orders proceed in parallel; one order's replies in order.
         let mut by_order: HashMap<Uuid, Vec<Envelope>> = HashMap::new();
         for envelope in batch {
-            match envelope.event {
-                Event::InventoryReserved(_)
-                | Event::InventoryRejected(_)
-                | Event::InventoryReleased(_)
-                | Event::PaymentAuthorized(_)
-                | Event::PaymentDeclined(_) => by_order
+            if is_saga_reply(&envelope.event) {
+                by_order
                     .entry(envelope.order_id)
                     .or_default()
-                    .push(envelope),
-                ref other => {
-                    tracing::warn!(event_type = other.type_name(), "not a saga reply; ignored")
-                }
+                    .push(envelope);
+            } else {
+                tracing::warn!(
+                    event_type = envelope.event.type_name(),
+                    "not a saga reply; ignored"
+                );
             }
         }
         let results = join_all(by_order.into_values().map(|replies| async move {

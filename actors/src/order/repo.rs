@@ -23,6 +23,29 @@ pub struct NewOrder {
     pub saga: SagaState,
     /// Lines with names and unit prices.
     pub items: Vec<OrderItem>,
+    /// The request's idempotency key, marked DONE with its response in the
+    /// order's transaction, so there is never an order without its key or a
+    /// DONE key without its order.
+    pub idempotency: Option<super::idempotency::Completion>,
+}
+
+/// A saga an operator should look at.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StuckSaga {
+    /// The order.
+    pub order_id: Uuid,
+    /// Who placed it.
+    pub customer_id: String,
+    /// FAILED, or the in-flight status it is stuck in.
+    pub status: OrderStatus,
+    /// Why it was compensating, if it was.
+    pub reason: Option<RejectReason>,
+    /// Compensation attempts made.
+    pub attempts: i32,
+    /// When its current step gave up (or will).
+    pub deadline_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it last changed.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The outcome of persisting a saga step.
@@ -41,12 +64,16 @@ pub struct OrderRepo;
 
 /// Messages of [`OrderRepo`].
 pub enum OrderRepoMsg {
-    /// Stores a new order with its OrderCreated and ReserveInventory messages.
+    /// Stores a new order with its OrderCreated and ReserveInventory
+    /// messages, and completes its idempotency key if it has one.
     Create {
         /// The order.
         order: NewOrder,
-        /// Done once committed.
-        reply: RpcReplyPort<Result<(), DbError>>,
+        /// Done once committed; [`PlaceError::InProgress`] (and nothing
+        /// stored) if the key's claim was lost to another request.
+        ///
+        /// [`PlaceError::InProgress`]: super::idempotency::PlaceError::InProgress
+        reply: RpcReplyPort<Result<(), super::idempotency::PlaceError>>,
     },
     /// Reads an order's saga state.
     LoadSaga {
@@ -61,12 +88,31 @@ pub enum OrderRepoMsg {
         event_id: Uuid,
         /// The sequence number the step was decided from.
         from_seq: i32,
+        /// The compensation attempts the step was decided from.
+        from_attempts: i32,
         /// The state after the step.
         next: SagaState,
         /// Lifecycle events and commands the step sends.
         messages: Vec<Envelope>,
         /// What happened.
         reply: RpcReplyPort<Result<Advance, DbError>>,
+    },
+    /// Reads the sagas that are not over (to resume them after a start, or
+    /// to find those whose deadline passed while no actor was watching).
+    LoadInFlight {
+        /// Only those whose deadline has passed.
+        overdue_only: bool,
+        /// At most this many, oldest first.
+        limit: i64,
+        /// Their states.
+        reply: RpcReplyPort<Result<Vec<SagaState>, DbError>>,
+    },
+    /// Lists the sagas that need an operator.
+    ListStuck {
+        /// How long past its deadline an in-flight saga must be to count.
+        grace_seconds: f64,
+        /// FAILED and long-overdue sagas.
+        reply: RpcReplyPort<Result<Vec<StuckSaga>, DbError>>,
     },
     /// Reads one order with its items and history.
     Get {
@@ -112,10 +158,23 @@ impl Actor for OrderRepo {
             OrderRepoMsg::Advance {
                 event_id,
                 from_seq,
+                from_attempts,
                 next,
                 messages,
                 reply,
-            } => answer(reply, advance(pool, event_id, from_seq, next, messages)),
+            } => answer(
+                reply,
+                advance(pool, event_id, (from_seq, from_attempts), next, messages),
+            ),
+            OrderRepoMsg::LoadInFlight {
+                overdue_only,
+                limit,
+                reply,
+            } => answer(reply, load_in_flight(pool, overdue_only, limit)),
+            OrderRepoMsg::ListStuck {
+                grace_seconds,
+                reply,
+            } => answer(reply, list_stuck(pool, grace_seconds)),
             OrderRepoMsg::Get { order_id, reply } => answer(reply, get(pool, order_id)),
             OrderRepoMsg::ListByCustomer {
                 customer_id,
@@ -141,14 +200,22 @@ fn reason_from(row: &Row, column: &str) -> Option<RejectReason> {
         .and_then(RejectReason::parse)
 }
 
-async fn create(pool: Pool, order: NewOrder) -> Result<(), DbError> {
+async fn create(pool: Pool, order: NewOrder) -> Result<(), super::idempotency::PlaceError> {
     let saga = &order.saga;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // The key first: a lost claim stops us before any work, and the key's
+    // row lock orders this transaction against a concurrent release or
+    // takeover of the same claim.
+    if let Some(completion) = &order.idempotency {
+        if !super::idempotency::complete(&tx, completion).await? {
+            return Err(super::idempotency::PlaceError::InProgress);
+        }
+    }
     let insert = tx
         .prepare_cached(
-            "INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, payment_token, correlation_id, seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, payment_token, correlation_id, seq, deadline_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .await?;
     tx.execute(
@@ -162,6 +229,7 @@ async fn create(pool: Pool, order: NewOrder) -> Result<(), DbError> {
             &saga.payment_token,
             &saga.correlation_id,
             &saga.seq,
+            &saga.deadline_at,
         ],
     )
     .await?;
@@ -204,43 +272,114 @@ async fn load(pool: Pool, order_id: Uuid) -> Result<Option<SagaState>, DbError> 
     let client = pool.get().await?;
     let order = client
         .prepare_cached(
-            "SELECT customer_id, correlation_id, status, reason, seq, total_cents, currency, payment_token
+            "SELECT id, customer_id, correlation_id, status, reason, seq, total_cents, currency,
+                    payment_token, deadline_at, attempts
              FROM orders.orders WHERE id = $1",
         )
         .await?;
     let Some(row) = client.query_opt(&order, &[&order_id]).await? else {
         return Ok(None);
     };
+    Ok(load_items(&client, vec![row]).await?.pop())
+}
+
+/// Saga states for `rows` (from `orders.orders`, in [`load`]'s columns),
+/// with their items, in one more query.
+async fn load_items(
+    client: &deadpool_postgres::Client,
+    rows: Vec<Row>,
+) -> Result<Vec<SagaState>, DbError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.get("id")).collect();
     let items = client
-        .prepare_cached("SELECT product_id, quantity FROM orders.order_items WHERE order_id = $1 ORDER BY product_id")
+        .prepare_cached(
+            "SELECT order_id, product_id, quantity FROM orders.order_items
+             WHERE order_id = ANY($1) ORDER BY order_id, product_id",
+        )
         .await?;
-    let items = client
-        .query(&items, &[&order_id])
-        .await?
+    let items = client.query(&items, &[&ids]).await?;
+    Ok(rows
         .iter()
-        .map(|item| OrderLine {
-            product_id: item.get(0),
-            quantity: item.get(1),
+        .map(|row| {
+            let order_id: Uuid = row.get("id");
+            SagaState {
+                order_id,
+                customer_id: row.get("customer_id"),
+                correlation_id: row.get("correlation_id"),
+                status: status_from(row, "status"),
+                reason: reason_from(row, "reason"),
+                seq: row.get("seq"),
+                items: items
+                    .iter()
+                    .filter(|item| item.get::<_, Uuid>(0) == order_id)
+                    .map(|item| OrderLine {
+                        product_id: item.get(1),
+                        quantity: item.get(2),
+                    })
+                    .collect(),
+                total_cents: row.get("total_cents"),
+                currency: row.get("currency"),
+                payment_token: row.get("payment_token"),
+                deadline_at: row.get("deadline_at"),
+                attempts: row.get("attempts"),
+            }
         })
-        .collect();
-    Ok(Some(SagaState {
-        order_id,
-        customer_id: row.get("customer_id"),
-        correlation_id: row.get("correlation_id"),
-        status: status_from(&row, "status"),
-        reason: reason_from(&row, "reason"),
-        seq: row.get("seq"),
-        items,
-        total_cents: row.get("total_cents"),
-        currency: row.get("currency"),
-        payment_token: row.get("payment_token"),
-    }))
+        .collect())
+}
+
+/// Sagas that are not over, oldest first, at most `limit`; with
+/// `overdue_only`, only those whose deadline has passed.
+async fn load_in_flight(
+    pool: Pool,
+    overdue_only: bool,
+    limit: i64,
+) -> Result<Vec<SagaState>, DbError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT id, customer_id, correlation_id, status, reason, seq, total_cents, currency,
+                    payment_token, deadline_at, attempts
+             FROM orders.orders
+             WHERE status NOT IN ('CONFIRMED', 'REJECTED', 'FAILED')
+               AND (NOT $1 OR deadline_at < now())
+             ORDER BY created_at LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&overdue_only, &limit]).await?;
+    load_items(&client, rows).await
+}
+
+/// Orders that need an operator: FAILED, or overdue by more than `grace`.
+async fn list_stuck(pool: Pool, grace_seconds: f64) -> Result<Vec<StuckSaga>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, customer_id, status, reason, attempts, deadline_at, updated_at
+             FROM orders.orders
+             WHERE status = 'FAILED'
+                OR (status NOT IN ('CONFIRMED', 'REJECTED')
+                    AND deadline_at < now() - make_interval(secs => $1))
+             ORDER BY updated_at",
+            &[&grace_seconds],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| StuckSaga {
+            order_id: row.get("id"),
+            customer_id: row.get("customer_id"),
+            status: status_from(row, "status"),
+            reason: reason_from(row, "reason"),
+            attempts: row.get("attempts"),
+            deadline_at: row.get("deadline_at"),
+            updated_at: row.get("updated_at"),
+        })
+        .collect())
 }
 
 async fn advance(
     pool: Pool,
     event_id: Uuid,
-    from_seq: i32,
+    (from_seq, from_attempts): (i32, i32),
     next: SagaState,
     messages: Vec<Envelope>,
 ) -> Result<Advance, DbError> {
@@ -251,8 +390,9 @@ async fn advance(
     }
     let update = tx
         .prepare_cached(
-            "UPDATE orders.orders SET status = $2, reason = $3, seq = $4, updated_at = now()
-             WHERE id = $1 AND seq = $5",
+            "UPDATE orders.orders
+             SET status = $2, reason = $3, seq = $4, deadline_at = $6, attempts = $7, updated_at = now()
+             WHERE id = $1 AND seq = $5 AND attempts = $8",
         )
         .await?;
     let updated = tx
@@ -264,6 +404,9 @@ async fn advance(
                 &reason_str(next.reason),
                 &next.seq,
                 &from_seq,
+                &next.deadline_at,
+                &next.attempts,
+                &from_attempts,
             ],
         )
         .await?;

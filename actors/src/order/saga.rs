@@ -1,15 +1,17 @@
 //! `OrderSaga`: one actor per in-flight order. It receives that order's
-//! replies (in partition order, one at a time), decides the next step with
-//! the pure state machine, persists the step and its commands through
-//! [`OrderRepo`](super::repo::OrderRepo), and stops once the order is
-//! terminal. It holds nothing that is not also in Postgres, so a saga that
-//! crashes or moves to another process resumes from its last stored step.
+//! replies (in partition order, one at a time) and its own deadline
+//! timer, decides the next step with the pure state machine, persists the
+//! step and its commands through [`OrderRepo`](super::repo::OrderRepo), and
+//! stops once the order is terminal. It holds nothing that is not also in
+//! Postgres — the deadline included — so a saga that crashes, or whose
+//! process restarts, resumes from its last stored step.
 
-use super::machine::SagaState;
+use super::machine::{SagaPolicy, SagaState, Transition};
 use super::repo::{Advance, OrderRepoMsg};
-use crate::events::Envelope;
+use crate::events::{Envelope, Event, OrderStatus};
 use crate::outbox::OutboxNotifier;
 use crate::rpc::{ask, DEFAULT_TIMEOUT};
+use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
 
@@ -33,17 +35,22 @@ pub struct OrderSaga;
 pub struct SagaArgs {
     /// The order this saga drives.
     pub order_id: Uuid,
-    /// Its state when known (a just-created order); loaded lazily otherwise.
+    /// Its state when known (a just-created or rehydrated order); loaded
+    /// from Postgres on the first message otherwise.
     pub state: Option<SagaState>,
     /// Where steps are persisted.
     pub repo: ActorRef<OrderRepoMsg>,
     /// Wakes the outbox relay after each step.
     pub outbox: OutboxNotifier,
+    /// Step deadlines and compensation retries.
+    pub policy: SagaPolicy,
 }
 
 /// State of a running [`OrderSaga`].
 pub struct SagaActorState {
     args: SagaArgs,
+    /// The armed deadline timer, replaced at every step.
+    timer: Option<Timer>,
 }
 
 /// Messages of an [`OrderSaga`].
@@ -55,6 +62,13 @@ pub enum SagaMsg {
         /// Answered once the resulting step is durable (or the reply was
         /// found to need none), so the consumer may store its offset.
         reply: RpcReplyPort<Result<(), SagaError>>,
+    },
+    /// The deadline armed for version `(seq, attempts)` has passed.
+    Deadline {
+        /// The sequence number the timer was armed at.
+        seq: i32,
+        /// The compensation attempts the timer was armed at.
+        attempts: i32,
     },
 }
 
@@ -70,7 +84,16 @@ impl Actor for OrderSaga {
     ) -> Result<Self::State, ActorProcessingErr> {
         // Loading waits for the first message: spawning stays instant for
         // the supervisor, and the load happens in this actor's own turn.
-        Ok(SagaActorState { args })
+        Ok(SagaActorState { args, timer: None })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        arm(&myself, state);
+        Ok(())
     }
 
     async fn handle(
@@ -81,21 +104,83 @@ impl Actor for OrderSaga {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SagaMsg::Reply { envelope, reply } => {
-                let result = step(&mut state.args, &envelope).await;
-                let terminal = matches!(&state.args.state, Some(s) if s.status.is_terminal());
+                let result = step(&mut state.args, Input::Reply(&envelope)).await;
                 let _ = reply.send(result);
-                if terminal {
-                    myself.stop(Some("order is terminal".into()));
+            }
+            SagaMsg::Deadline { seq, attempts } => {
+                let current = state.args.state.as_ref().map(|s| (s.seq, s.attempts));
+                if current == Some((seq, attempts)) {
+                    if let Err(error) = step(&mut state.args, Input::Deadline).await {
+                        // Try again shortly: the deadline has still passed.
+                        tracing::warn!(%error, "deadline step failed; retrying");
+                        let retry = crate::retry::jittered(std::time::Duration::from_secs(2));
+                        state.timer = Some(
+                            myself.send_after(retry, move || SagaMsg::Deadline { seq, attempts }),
+                        );
+                        return Ok(());
+                    }
                 }
             }
+        }
+        if matches!(&state.args.state, Some(s) if s.status.is_terminal()) {
+            myself.stop(Some("order is terminal".into()));
+        } else {
+            arm(&myself, state);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
         }
         Ok(())
     }
 }
 
-async fn step(args: &mut SagaArgs, envelope: &Envelope) -> Result<(), SagaError> {
+/// A pending `send_after`.
+type Timer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<SagaMsg>>>;
+
+/// Arms the timer for the current state's deadline (replacing any other).
+fn arm(myself: &ActorRef<SagaMsg>, state: &mut SagaActorState) {
+    if let Some(timer) = state.timer.take() {
+        timer.abort();
+    }
+    let Some(saga) = &state.args.state else {
+        return;
+    };
+    let Some(deadline) = saga.deadline_at else {
+        return;
+    };
+    let wait = (deadline - Utc::now()).to_std().unwrap_or_default();
+    let (seq, attempts) = (saga.seq, saga.attempts);
+    state.timer = Some(myself.send_after(wait, move || SagaMsg::Deadline { seq, attempts }));
+}
+
+/// What the saga is reacting to.
+enum Input<'a> {
+    Reply(&'a Envelope),
+    Deadline,
+}
+
+async fn step(args: &mut SagaArgs, input: Input<'_>) -> Result<(), SagaError> {
     let order_id = args.order_id;
     let fail = |reason: String| SagaError { order_id, reason };
+    let (event_id, event_type) = match &input {
+        Input::Reply(envelope) => (envelope.event_id, envelope.event.type_name()),
+        // A deadline is not a message: any fresh id will do, and the
+        // (seq, attempts) guard makes it happen once.
+        Input::Deadline => (Uuid::now_v7(), "deadline"),
+    };
+    // A cached state may be behind Postgres: another process (the owner of
+    // the order's partition before a rebalance) may have moved the order.
+    // So "nothing to do" and "already processed" are only trusted once they
+    // were decided on a state fresh from Postgres.
+    let mut fresh = args.state.is_none();
     for _ in 0..MAX_STALE_RETRIES {
         if args.state.is_none() {
             args.state = ask(&args.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
@@ -104,21 +189,35 @@ async fn step(args: &mut SagaArgs, envelope: &Envelope) -> Result<(), SagaError>
             .await
             .map_err(|e| fail(e.to_string()))?
             .map_err(|e| fail(e.to_string()))?;
+            fresh = true;
         }
         let Some(current) = &args.state else {
-            tracing::warn!(%order_id, event_type = envelope.event.type_name(), "reply for an unknown order ignored");
+            tracing::warn!(%order_id, event_type, "event for an unknown order ignored");
             return Ok(());
         };
-        let Some(transition) = current.next(&envelope.event) else {
-            tracing::debug!(%order_id, status = %current.status, event_type = envelope.event.type_name(), "reply needs no step");
+        let decided = match &input {
+            Input::Reply(envelope) => current.next(&envelope.event, &args.policy),
+            // The deadline of the state as it is now, not as it was when
+            // the timer was armed.
+            Input::Deadline if current.deadline_at.is_some_and(|d| d > Utc::now()) => None,
+            Input::Deadline => current.on_deadline(&args.policy),
+        };
+        let Some(transition) = decided else {
+            if !fresh {
+                args.state = None;
+                continue;
+            }
+            tracing::debug!(%order_id, status = %current.status, event_type, "no step needed");
             return Ok(());
         };
-        let (next, messages) = current.apply(&transition);
-        let from_seq = current.seq;
+        let transition = with_jitter(transition);
+        let (next, messages) = current.apply(&transition, Utc::now());
+        let (from_seq, from_attempts) = (current.seq, current.attempts);
         let outcome = ask(&args.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
             OrderRepoMsg::Advance {
-                event_id: envelope.event_id,
+                event_id,
                 from_seq,
+                from_attempts,
                 next: next.clone(),
                 messages,
                 reply,
@@ -129,15 +228,59 @@ async fn step(args: &mut SagaArgs, envelope: &Envelope) -> Result<(), SagaError>
         .map_err(|e| fail(e.to_string()))?;
         match outcome {
             Advance::Applied => {
-                tracing::info!(%order_id, status = %next.status, reason = ?next.reason, "order advanced");
+                log_step(current, &next, event_type);
                 args.state = Some(next);
                 args.outbox.wake();
                 return Ok(());
             }
-            Advance::Duplicate => return Ok(()),
+            // Processed before (by this saga or another): our copy may be
+            // behind, so drop it; the next event reloads it.
+            Advance::Duplicate => {
+                args.state = None;
+                return Ok(());
+            }
             // Someone else moved the order: forget what we knew and decide again.
             Advance::Stale => args.state = None,
         }
     }
     Err(fail("order keeps changing under the saga".into()))
+}
+
+/// Spreads compensation retries out, so sagas that timed out together (a
+/// long outage) do not all retry in the same instant.
+fn with_jitter(mut transition: Transition) -> Transition {
+    if transition.attempts > 1 {
+        transition.wait = transition.wait.map(crate::retry::jittered);
+    }
+    transition
+}
+
+fn log_step(before: &SagaState, after: &SagaState, cause: &str) {
+    let order_id = after.order_id;
+    match after.status {
+        OrderStatus::Failed if before.status != OrderStatus::Failed => tracing::error!(
+            %order_id, reason = ?after.reason, attempts = after.attempts,
+            "saga FAILED: compensation was never acknowledged; an operator must look (GET /admin/sagas/stuck)"
+        ),
+        _ if after.status == before.status => tracing::warn!(
+            %order_id, status = %after.status, attempt = after.attempts,
+            "compensation not acknowledged yet; sent again"
+        ),
+        _ => tracing::info!(
+            %order_id, status = %after.status, reason = ?after.reason, cause, "order advanced"
+        ),
+    }
+}
+
+/// True for replies the saga may act on (the consumer routes only these).
+pub fn is_saga_reply(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::InventoryReserved(_)
+            | Event::InventoryRejected(_)
+            | Event::InventoryReleased(_)
+            | Event::PaymentAuthorized(_)
+            | Event::PaymentDeclined(_)
+            | Event::PaymentVoided(_)
+    )
 }

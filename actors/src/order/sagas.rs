@@ -4,17 +4,27 @@
 //! forgets sagas when they stop, whether cleanly (terminal order) or by
 //! crashing (the reply in hand is retried by the consumer and a fresh saga
 //! picks it up from the last persisted step).
+//!
+//! At start it resumes every saga that is not over, each with its persisted
+//! deadline; afterwards it sweeps periodically for sagas whose deadline
+//! passed with no actor watching them (created by another process, or
+//! whose actor crashed), so no saga waits forever.
 
-use super::machine::SagaState;
+use super::machine::{SagaPolicy, SagaState};
 use super::repo::OrderRepoMsg;
 use super::saga::{OrderSaga, SagaArgs, SagaError, SagaMsg};
 use crate::events::Envelope;
 use crate::outbox::OutboxNotifier;
+use crate::rpc::ask;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SupervisionEvent,
 };
 use std::collections::HashMap;
+use std::time::Duration;
 use uuid::Uuid;
+
+/// Most sagas loaded by one resume or sweep.
+const RESUME_LIMIT: i64 = 100_000;
 
 /// The saga supervisor; see the module documentation.
 pub struct SagaSupervisor;
@@ -26,6 +36,10 @@ pub struct SagasArgs {
     pub repo: ActorRef<OrderRepoMsg>,
     /// Handed to every saga.
     pub outbox: OutboxNotifier,
+    /// Handed to every saga.
+    pub policy: SagaPolicy,
+    /// How often to look for overdue sagas nobody is watching.
+    pub sweep_every: Duration,
 }
 
 /// State of a [`SagaSupervisor`].
@@ -35,6 +49,8 @@ pub struct SagasState {
     by_order: HashMap<Uuid, ActorRef<SagaMsg>>,
     /// The same, by actor, to clean up when one stops.
     by_actor: HashMap<ActorId, Uuid>,
+    /// The periodic sweep, stopped with the supervisor.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Messages of a [`SagaSupervisor`].
@@ -56,6 +72,17 @@ pub enum SagasMsg {
         /// The number.
         reply: RpcReplyPort<usize>,
     },
+    /// Looks in Postgres for sagas to resume: all that are not over (at
+    /// start), or only the overdue ones (periodically).
+    Sweep {
+        /// Only sagas whose deadline has passed.
+        overdue_only: bool,
+    },
+    /// Starts sagas found by a sweep, unless already running.
+    Resume {
+        /// Their persisted states.
+        states: Vec<SagaState>,
+    },
 }
 
 impl Actor for SagaSupervisor {
@@ -65,14 +92,40 @@ impl Actor for SagaSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: SagasArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let sweeper =
+            myself.send_interval(args.sweep_every, || SagasMsg::Sweep { overdue_only: true });
         Ok(SagasState {
             args,
             by_order: HashMap::new(),
             by_actor: HashMap::new(),
+            sweeper: Some(sweeper),
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Resume every saga that was in flight when the service last stopped.
+        myself.send_message(SagasMsg::Sweep {
+            overdue_only: false,
+        })?;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(sweeper) = state.sweeper.take() {
+            sweeper.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -123,6 +176,44 @@ impl Actor for SagaSupervisor {
             SagasMsg::Count { reply } => {
                 let _ = reply.send(state.by_order.len());
             }
+            SagasMsg::Sweep { overdue_only } => {
+                // The query runs as a task; its result comes back as Resume.
+                let repo = state.args.repo.clone();
+                tokio::spawn(async move {
+                    let found = ask(&repo, "order repo", crate::rpc::DEFAULT_TIMEOUT, |reply| {
+                        OrderRepoMsg::LoadInFlight {
+                            overdue_only,
+                            limit: RESUME_LIMIT,
+                            reply,
+                        }
+                    })
+                    .await;
+                    match found {
+                        Ok(Ok(states)) if states.is_empty() => {}
+                        Ok(Ok(states)) => {
+                            let _ = myself.send_message(SagasMsg::Resume { states });
+                        }
+                        Ok(Err(error)) => tracing::warn!(%error, "saga sweep failed"),
+                        Err(error) => tracing::warn!(%error, "saga sweep failed"),
+                    }
+                });
+            }
+            SagasMsg::Resume { states } => {
+                let mut resumed = 0usize;
+                for saga in states {
+                    if state.by_order.contains_key(&saga.order_id) {
+                        continue;
+                    }
+                    let order_id = saga.order_id;
+                    match spawn_saga(&myself, state, order_id, Some(saga)).await {
+                        Ok(_) => resumed += 1,
+                        Err(error) => tracing::warn!(%order_id, %error, "saga not resumed"),
+                    }
+                }
+                if resumed > 0 {
+                    tracing::info!(resumed, "resumed sagas from postgres");
+                }
+            }
         }
         Ok(())
     }
@@ -161,6 +252,7 @@ async fn spawn_saga(
             state: saga,
             repo: state.args.repo.clone(),
             outbox: state.args.outbox.clone(),
+            policy: state.args.policy,
         },
         myself.get_cell(),
     )

@@ -5,7 +5,7 @@
 
 use super::tokens::{self, Outcome};
 use crate::db::DbError;
-use crate::events::{Envelope, Event, PaymentAuthorized, PaymentDeclined};
+use crate::events::{Envelope, Event, PaymentAuthorized, PaymentDeclined, PaymentVoided};
 use crate::outbox;
 use crate::rpc::answer;
 use deadpool_postgres::{Pool, Transaction};
@@ -65,14 +65,17 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<(), DbError>
         if !outbox::first_delivery(&tx, SCHEMA, envelope.event_id).await? {
             continue;
         }
-        let Event::AuthorizePayment(command) = &envelope.event else {
-            tracing::warn!(
-                event_type = envelope.event.type_name(),
-                "not a payment command; ignored"
-            );
-            continue;
+        let reply = match &envelope.event {
+            Event::AuthorizePayment(command) => authorize(&tx, envelope.order_id, command).await?,
+            Event::VoidPayment(_) => void(&tx, envelope.order_id).await?,
+            other => {
+                tracing::warn!(
+                    event_type = other.type_name(),
+                    "not a payment command; ignored"
+                );
+                continue;
+            }
         };
-        let reply = authorize(&tx, envelope.order_id, command).await?;
         replies.push(Envelope::new(
             envelope.order_id,
             envelope.correlation_id,
@@ -82,6 +85,47 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<(), DbError>
     outbox::append(&tx, SCHEMA, &replies).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Cancels the order's authorization. A void that arrives first leaves a
+/// VOIDED row, so the authorization, when it comes, is declined instead.
+async fn void(tx: &Transaction<'_>, order_id: Uuid) -> Result<Event, DbError> {
+    let voided = tx
+        .query_opt(
+            "UPDATE payment.authorizations SET status = 'VOIDED', voided_at = now()
+             WHERE order_id = $1 AND status = 'AUTHORIZED' RETURNING id",
+            &[&order_id],
+        )
+        .await?;
+    if let Some(row) = voided {
+        tracing::info!(%order_id, "authorization voided");
+        return Ok(Event::PaymentVoided(PaymentVoided {
+            authorization_id: Some(row.get(0)),
+        }));
+    }
+    let tombstone = tx
+        .query_opt(
+            "INSERT INTO payment.authorizations
+                 (order_id, id, customer_id, status, amount_cents, currency, payment_token, decline_code, voided_at)
+             VALUES ($1, $2, '', 'VOIDED', 0, 'EUR', '', 'voided', now())
+             ON CONFLICT (order_id) DO NOTHING RETURNING id",
+            &[&order_id, &Uuid::now_v7()],
+        )
+        .await?;
+    // Either there was no authorization (now there never will be), or it was
+    // declined or already voided: nothing is charged either way.
+    Ok(Event::PaymentVoided(PaymentVoided {
+        authorization_id: if tombstone.is_some() {
+            None
+        } else {
+            tx.query_opt(
+                "SELECT id FROM payment.authorizations WHERE order_id = $1 AND status <> 'DECLINED'",
+                &[&order_id],
+            )
+            .await?
+            .map(|row| row.get(0))
+        },
+    }))
 }
 
 /// Decides an order's payment once; asked again, repeats the first answer.
@@ -102,6 +146,11 @@ async fn authorize(
             Event::PaymentAuthorized(PaymentAuthorized {
                 authorization_id: row.get(0),
                 amount_cents: row.get(2),
+            })
+        } else if status == "VOIDED" {
+            // Voided before or after it was made: nothing will be charged.
+            Event::PaymentDeclined(PaymentDeclined {
+                decline_code: "voided".to_owned(),
             })
         } else {
             Event::PaymentDeclined(PaymentDeclined {

@@ -201,7 +201,9 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, D
             Event::ReserveInventory(command) => {
                 reserve(&tx, envelope.order_id, &command.items).await?
             }
-            Event::ReleaseInventory(_) => release(&tx, envelope.order_id).await?,
+            Event::ReleaseInventory(command) => {
+                release(&tx, envelope.order_id, command.reason).await?
+            }
             other => {
                 tracing::warn!(
                     event_type = other.type_name(),
@@ -247,6 +249,22 @@ async fn reserve(
     if !held.is_empty() {
         return Ok(Event::InventoryReserved(InventoryReserved {
             items: held.iter().map(stock_level).collect(),
+        }));
+    }
+    // An order whose stock was already given back (its saga compensated)
+    // never takes stock again, however late or often its reserve arrives.
+    let released = tx
+        .query_opt(
+            "SELECT reason FROM product.released_orders WHERE order_id = $1",
+            &[&order_id],
+        )
+        .await?;
+    if let Some(row) = released {
+        let reason: &str = row.get(0);
+        return Ok(Event::InventoryRejected(InventoryRejected {
+            reason: RejectReason::parse(reason).unwrap_or(RejectReason::Timeout),
+            product_id: None,
+            message: format!("order {order_id} was cancelled ({reason}); nothing reserved"),
         }));
     }
     let mut lines = items.to_vec();
@@ -308,8 +326,17 @@ async fn reserve(
 }
 
 /// Returns whatever the order still holds; releasing twice returns nothing
-/// the second time.
-async fn release(tx: &Transaction<'_>, order_id: Uuid) -> Result<Event, DbError> {
+/// the second time. Leaves a tombstone so a later reserve is refused.
+async fn release(
+    tx: &Transaction<'_>,
+    order_id: Uuid,
+    reason: RejectReason,
+) -> Result<Event, DbError> {
+    tx.execute(
+        "INSERT INTO product.released_orders (order_id, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&order_id, &reason.as_str()],
+    )
+    .await?;
     let rows = tx
         .query(
             "WITH released AS (

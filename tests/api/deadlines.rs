@@ -1,0 +1,214 @@
+//! Sagas keep their promises when answers do not come: deadlines that
+//! survive restarts, compensation that voids late payments, and retries that
+//! end in a visible FAILED state instead of a silently stuck order.
+
+use crate::helpers::{spawn_app_with, Options};
+use serde_json::Value;
+use shop::Role;
+use shop_actors::events::topics;
+use shop_actors::kafka::EmbeddedBroker;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Polls `query` (one row, one text column) until it returns `want`.
+async fn wait_for(db: &tokio_postgres::Client, query: &str, id: Uuid, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db.query_opt(query, &[&id]).await.unwrap();
+        let got: Option<String> = row.map(|r| r.get(0));
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{query} for {id}: got {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn history(order: &Value) -> Vec<String> {
+    order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{}{}",
+                h["status"].as_str().unwrap(),
+                h["reason"]
+                    .as_str()
+                    .map(|r| format!("({r})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn payment_timeout_releases_stock_and_voids_the_late_authorization() {
+    // The processor answers after 15 s; the saga waits only 8 s. (Generous
+    // enough that the reservation itself, which waits for the consumer
+    // groups to form on a fresh broker, lands before the first deadline.)
+    let app = spawn_app_with(Options {
+        payment_latency_ms: 15_000,
+        saga_step_timeout_ms: 8_000,
+        ..Options::default()
+    })
+    .await;
+    let product = app.create_product(5).await;
+    let order_id = app.order(product, 2, "tok_visa").await;
+    let order = app.wait_terminal(order_id).await;
+    assert_eq!(order["status"], "REJECTED");
+    assert_eq!(order["reason"], "TIMEOUT");
+    assert_eq!(
+        history(&order),
+        [
+            "PENDING",
+            "INVENTORY_RESERVED",
+            "COMPENSATING(TIMEOUT)",
+            "REJECTED(TIMEOUT)"
+        ]
+    );
+    assert_eq!(app.stock(product).await, 5, "reserved stock came back");
+    // The authorization the processor made late is voided, not kept.
+    wait_for(
+        &app.db,
+        "SELECT status FROM payment.authorizations WHERE order_id = $1",
+        order_id,
+        "VOIDED",
+    )
+    .await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn deadline_persists_across_a_restart() {
+    let options = || Options {
+        payment_latency_ms: 60_000,
+        saga_step_timeout_ms: 4_000,
+        ..Options::default()
+    };
+    let app = spawn_app_with(options()).await;
+    let product = app.create_product(5).await;
+    let order_id = app.order(product, 1, "tok_visa").await;
+    // Stop everything while the payment is outstanding.
+    let db_name = app.stop_keeping_data().await;
+    let app = spawn_app_with(Options {
+        db_name: Some(db_name),
+        ..options()
+    })
+    .await;
+    // The resumed saga honours the deadline stored before the restart.
+    let order = app.wait_terminal(order_id).await;
+    assert_eq!(order["status"], "REJECTED");
+    assert_eq!(order["reason"], "TIMEOUT");
+    // Whether the reservation happened before the restart or not, nothing
+    // stays held: the release leaves a tombstone that refuses a late one.
+    wait_for(
+        &app.db,
+        "SELECT reason FROM product.released_orders WHERE order_id = $1",
+        order_id,
+        "TIMEOUT",
+    )
+    .await;
+    let held: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM product.reservations WHERE order_id = $1 AND status = 'RESERVED'",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+    assert_eq!(app.stock(product).await, 5);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
+    // An order service with no product service: nobody acknowledges a release.
+    let broker = EmbeddedBroker::start(&topics::ALL, 3).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let order_app = spawn_app_with(Options {
+        role: Role::Order,
+        kafka_brokers: Some(brokers.clone()),
+        saga_retry_base_ms: 100,
+        saga_max_attempts: 3,
+        ..Options::default()
+    })
+    .await;
+    // An order whose payment was declined and whose stock must come back.
+    let order_id = Uuid::now_v7();
+    order_app
+        .db
+        .batch_execute(&format!(
+            "INSERT INTO orders.orders (id, customer_id, status, reason, total_cents, currency, payment_token, correlation_id, seq, deadline_at, attempts)
+             VALUES ('{order_id}', 'carol', 'COMPENSATING', 'PAYMENT_DECLINED', 1000, 'EUR', 'tok_chargeDeclined', '{}', 3, now(), 0);
+             INSERT INTO orders.order_items VALUES ('{order_id}', '00000000-0000-4000-8000-000000000001', 'Enamel camp mug', 1, 1000);",
+            Uuid::new_v4()
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        &order_app.db,
+        "SELECT status FROM orders.orders WHERE id = $1",
+        order_id,
+        "FAILED",
+    )
+    .await;
+    let attempts: i32 = order_app
+        .db
+        .query_one(
+            "SELECT attempts FROM orders.orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 3);
+    let stuck: Value = order_app
+        .http
+        .get(format!("{}/admin/sagas/stuck", order_app.order_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stuck["count"], 1, "{stuck}");
+    assert_eq!(stuck["sagas"][0]["order_id"], order_id.to_string());
+    assert_eq!(stuck["sagas"][0]["status"], "FAILED");
+
+    // The product service comes back: the releases that were sent are
+    // applied, and the acknowledgement ends the order REJECTED.
+    let db_name = order_app.db_name.clone();
+    let product_app = spawn_app_with(Options {
+        role: Role::Product,
+        kafka_brokers: Some(brokers.clone()),
+        db_name: Some(db_name),
+        ..Options::default()
+    })
+    .await;
+    wait_for(
+        &order_app.db,
+        "SELECT status FROM orders.orders WHERE id = $1",
+        order_id,
+        "REJECTED",
+    )
+    .await;
+    let tombstones: i64 = order_app
+        .db
+        .query_one(
+            "SELECT count(*) FROM product.released_orders WHERE order_id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tombstones, 1);
+    product_app.stop_keeping_data().await;
+    order_app.teardown().await;
+    drop(broker);
+}

@@ -1,0 +1,161 @@
+//! Redis is only a cache: when it is unreachable or flushed every API keeps
+//! answering with the right data from Postgres, and the cache refills when
+//! it returns.
+
+use crate::helpers::{spawn_app_with, Options};
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private redis-server on a free port, so stopping it disturbs no one.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let redis = Self {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn cached_keys(url: &str, prefix: &str) -> usize {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.len()
+}
+
+#[tokio::test]
+async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() {
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    let app = spawn_app_with(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let product = app.create_product(10).await;
+    let url = format!("{}/products/{product}", app.product_url);
+    let read_stock = || async {
+        let response = app.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["stock"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(read_stock().await, 10);
+    // The cache is filled behind the read, so give it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cached_keys(&redis.url(), &app.db_name).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reads fill the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.stop();
+    // Orders go through and reads show the right stock, from Postgres.
+    let order_id = app.order(product, 3, "tok_visa").await;
+    assert_eq!(app.wait_terminal(order_id).await["status"], "CONFIRMED");
+    assert_eq!(read_stock().await, 7);
+    let listed = app
+        .http
+        .get(format!("{}/products", app.product_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let ready: Value = app
+        .http
+        .get(format!("{}/readyz", app.product_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["status"], "ready",
+        "a cache outage does not make the service unready: {ready}"
+    );
+    assert!(
+        ready["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("degraded"),
+        "{ready}"
+    );
+
+    // Redis returns (empty, as after a flush): the cache refills on reads.
+    let redis = PrivateRedis::start(port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(read_stock().await, 7);
+        if cached_keys(&redis.url(), &app.db_name).await > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cache never refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.teardown().await;
+}

@@ -1,0 +1,122 @@
+//! What the suite watches while the run goes on, rather than checks at
+//! the end: the lowest stock ever sampled, and — from the order
+//! processes' logs — where sagas ran.
+
+use crate::processes::LogDir;
+use crate::workload::Product;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// Samples the lowest stock of `products` until dropped.
+pub struct StockSampler {
+    lowest: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StockSampler {
+    /// Starts sampling every 200 ms on its own connection.
+    pub fn start(db: Client, products: &[Product]) -> Self {
+        let ids: Vec<Uuid> = products.iter().map(|p| p.id).collect();
+        let lowest = Arc::new(AtomicI64::new(i64::MAX));
+        let seen = lowest.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(row) = db
+                    .query_one(
+                        "SELECT min(stock)::bigint FROM product.products WHERE id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await
+                {
+                    if let Some(min) = row.get::<_, Option<i64>>(0) {
+                        seen.fetch_min(min, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { lowest, task }
+    }
+
+    /// The lowest stock seen so far.
+    pub fn lowest(&self) -> i64 {
+        self.lowest.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StockSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Orders whose saga steps ran in more than one order process, and orders
+/// whose steps all ran in a process other than the one that accepted them
+/// (read from the `order advanced` / `order placed` log lines).
+pub fn saga_placement(logs: &LogDir) -> (usize, usize) {
+    let mut advanced_in: HashMap<String, BTreeSet<&str>> = HashMap::new();
+    let mut placed_in: HashMap<String, &str> = HashMap::new();
+    for process in ["order-a", "order-b"] {
+        for line in logs.json_lines(process) {
+            let Some(order_id) = line["order_id"].as_str() else {
+                continue;
+            };
+            match line["message"].as_str() {
+                Some("order advanced") => {
+                    advanced_in
+                        .entry(order_id.to_owned())
+                        .or_default()
+                        .insert(process);
+                }
+                Some("order placed") => {
+                    placed_in.insert(order_id.to_owned(), process);
+                }
+                _ => {}
+            }
+        }
+    }
+    let in_both = advanced_in.values().filter(|p| p.len() > 1).count();
+    let elsewhere = advanced_in
+        .iter()
+        .filter(|(id, p)| placed_in.get(*id).is_some_and(|via| !p.contains(via)))
+        .count();
+    (in_both, elsewhere)
+}
+
+/// Saga steps (`order advanced` log lines) per order process between
+/// `from` and `to`, a window in which both were up and nothing was hurt.
+/// Each must have taken a fair part: with six partitions per topic split
+/// between two members, at least a fifth of the steps.
+pub fn load_is_shared(
+    logs: &LogDir,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<String, String> {
+    let mut steps: BTreeMap<&str, usize> = BTreeMap::new();
+    for process in ["order-a", "order-b"] {
+        let count = logs
+            .json_lines(process)
+            .iter()
+            .filter(|line| line["message"] == "order advanced")
+            .filter_map(|line| {
+                line["timestamp"]
+                    .as_str()?
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .ok()
+            })
+            .filter(|at| (from..=to).contains(at))
+            .count();
+        steps.insert(process, count);
+    }
+    let total: usize = steps.values().sum();
+    let summary = format!("saga steps from {from} to {to}: {steps:?}");
+    if total > 0 && steps.values().all(|n| n * 5 >= total) {
+        Ok(summary)
+    } else {
+        Err(summary)
+    }
+}

@@ -1,0 +1,323 @@
+//! The live faults, in order, each injected while orders keep flowing:
+//! kill -9 each service and restart it, take the broker away, take Redis
+//! away; then wait for everything to settle.
+
+use crate::infra::{Broker, PrivateRedis};
+use crate::invariants;
+use crate::kafka;
+use crate::processes::LogDir;
+use crate::report::Report;
+use crate::services::{Services, SERVICES};
+use crate::workload::Workload;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+/// How long a killed service stays dead before it is restarted.
+const DEAD_FOR: Duration = Duration::from_secs(2);
+/// How long the surviving order process may take to finish the sagas of
+/// a killed one (session timeout, then a rebalance).
+const TAKEOVER_BOUND: Duration = Duration::from_secs(20);
+/// How long the broker and Redis stay down.
+const OUTAGE: Duration = Duration::from_secs(5);
+/// Orders the platform must accept after each fault before the next one.
+const ORDERS_BETWEEN_FAULTS: usize = 15;
+
+/// The processes under test.
+pub struct Platform {
+    /// The Kafka-protocol broker.
+    pub broker: Broker,
+    /// The private Redis.
+    pub redis: PrivateRedis,
+    /// The five service processes.
+    pub services: Services,
+    /// Services that exited by themselves (and were restarted, as an
+    /// orchestrator would), with their exit status.
+    pub crashes: Vec<String>,
+    /// Where every process logs.
+    pub logs: LogDir,
+}
+
+impl Platform {
+    /// Restarts any service that exited by itself, recording it.
+    pub async fn revive_crashed(&mut self) {
+        self.broker.assert_alive();
+        for (name, status) in self.services.exited() {
+            println!("[faults] {name} exited by itself ({status}); restarting it");
+            self.crashes.push(format!("{name} exited ({status})"));
+            self.services.get(&name).proc.kill9().await;
+            self.services.start(&[name.as_str()]).await;
+        }
+    }
+}
+
+/// Waits until `more` further orders have been accepted: the platform takes
+/// orders again after a fault.
+async fn orders_flow(platform: &mut Platform, workload: &Workload, more: usize, after: &str) {
+    let target = workload.accepted() + more;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while workload.accepted() < target {
+        platform.revive_crashed().await;
+        assert!(
+            Instant::now() < deadline,
+            "no orders accepted within 60 s after {after} ({} so far)",
+            workload.accepted()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until the broker answers (`up`) or stops answering.
+async fn broker_is(brokers: &str, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kafka::broker_answers(brokers, Duration::from_millis(500)).await != up {
+        assert!(
+            Instant::now() < deadline,
+            "broker never went {}",
+            if up { "up" } else { "down" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the whole pipeline works (at least `count` orders have
+/// ended), so the first fault lands on a platform in its stride.
+pub async fn warm_up(platform: &mut Platform, db: &Client, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ended: i64 = db
+            .query_one(
+                "SELECT count(*) FROM orders.orders
+                 WHERE status IN ('CONFIRMED', 'REJECTED', 'FAILED')",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if ended >= count {
+            return;
+        }
+        platform.revive_crashed().await;
+        assert!(
+            Instant::now() < deadline,
+            "the platform does not work even without faults: only {ended} orders ended \
+             within 30 s of start-up; first errors logged:\n{}",
+            platform.logs.grep("\"level\":\"ERROR\"", 5).join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until every order created before `killed_at` (database clock)
+/// is terminal: the survivor has taken over the killed order process's
+/// partitions and finished its sagas. Returns how long that took, or the
+/// orders still open at [`TAKEOVER_BOUND`].
+async fn survivor_takes_over(
+    db: &Client,
+    killed_at: chrono::DateTime<chrono::Utc>,
+    already_reported: &BTreeSet<String>,
+) -> Result<Duration, Vec<String>> {
+    let started = Instant::now();
+    loop {
+        let open: Vec<String> = db
+            .query(
+                "SELECT id::text, status FROM orders.orders
+                 WHERE created_at <= $1 AND status NOT IN ('CONFIRMED', 'REJECTED', 'FAILED')",
+                &[&killed_at],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| !already_reported.contains(r.get::<_, &str>(0)))
+                    .map(|r| format!("{} {}", r.get::<_, &str>(0), r.get::<_, &str>(1)))
+                    .collect()
+            })
+            .unwrap_or_else(|e| vec![format!("query failed: {e}")]);
+        if open.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > TAKEOVER_BOUND {
+            return Err(open);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Injects every live fault in turn; returns what was injected. Records
+/// whether the surviving order process took over a killed one's sagas.
+pub async fn inject_live_faults(
+    platform: &mut Platform,
+    db: &Client,
+    workload: &Workload,
+    report: &mut Report,
+) -> Vec<String> {
+    let mut faults = Vec::new();
+    let mut takeovers = Vec::new();
+    let mut lost = Vec::new();
+    let mut reported = BTreeSet::new();
+    for name in SERVICES {
+        println!(
+            "[faults] kill -9 {name} ({} orders accepted so far)",
+            workload.accepted()
+        );
+        let killed_at: chrono::DateTime<chrono::Utc> = db
+            .query_one("SELECT now()", &[])
+            .await
+            .expect("database clock")
+            .get(0);
+        platform.services.kill9(name).await;
+        faults.push(format!("kill -9 {name}"));
+        if name.starts_with("order") {
+            // The other order process must finish what this one had in flight.
+            match survivor_takes_over(db, killed_at, &reported).await {
+                Ok(took) => takeovers.push(format!("{name}: {:.1} s", took.as_secs_f64())),
+                Err(open) => {
+                    reported.extend(
+                        open.iter()
+                            .filter_map(|o| o.split(' ').next())
+                            .map(String::from),
+                    );
+                    lost.push(format!(
+                        "{name}: {} orders from before the kill still open after {} s: {}",
+                        open.len(),
+                        TAKEOVER_BOUND.as_secs(),
+                        open.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        } else {
+            // Being dead for a while is the fault itself: nothing to poll for.
+            tokio::time::sleep(DEAD_FOR).await;
+        }
+        platform.services.start(&[name]).await;
+        println!("[faults] {name} restarted and ready");
+        orders_flow(
+            platform,
+            workload,
+            ORDERS_BETWEEN_FAULTS,
+            &format!("restarting {name}"),
+        )
+        .await;
+    }
+
+    let brokers = platform.broker.address.clone();
+    println!("[faults] broker down for {OUTAGE:?}");
+    platform.broker.control("down").await;
+    broker_is(&brokers, false).await;
+    faults.push(format!("broker down {} s", OUTAGE.as_secs()));
+    tokio::time::sleep(OUTAGE).await;
+    platform.broker.control("up").await;
+    broker_is(&brokers, true).await;
+    println!("[faults] broker up");
+    orders_flow(
+        platform,
+        workload,
+        ORDERS_BETWEEN_FAULTS,
+        "the broker outage",
+    )
+    .await;
+
+    println!("[faults] redis down for {OUTAGE:?}");
+    platform.redis.stop().await;
+    faults.push(format!("redis down {} s", OUTAGE.as_secs()));
+    tokio::time::sleep(OUTAGE).await;
+    platform.redis.restart().await;
+    println!("[faults] redis up");
+    report.record(
+        "a killed order process's sagas are finished by the other one",
+        if lost.is_empty() {
+            Ok(format!(
+                "every order from before each kill ended: {}",
+                takeovers.join(", ")
+            ))
+        } else {
+            Err(format!(
+                "{} (ended in time: {takeovers:?})",
+                lost.join("; ")
+            ))
+        },
+    );
+    faults
+}
+
+/// What the platform looks like while settling.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Orders not in a terminal status.
+    pub in_flight: i64,
+    /// Rows waiting in the three outboxes.
+    pub outbox_rows: i64,
+    /// Messages not yet committed, per consumer group.
+    pub lag: std::collections::BTreeMap<&'static str, i64>,
+}
+
+impl Progress {
+    /// Every outbox published and every message consumed.
+    pub fn drained(&self) -> bool {
+        self.outbox_rows == 0 && self.lag.values().all(|l| *l == 0)
+    }
+}
+
+/// What [`settle`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Drained, and every order terminal.
+    Quiet,
+    /// Drained (orders stuck before stay stuck).
+    Drained,
+}
+
+async fn progress(db: &Client, brokers: &str) -> Progress {
+    let in_flight = db
+        .query_one(
+            &format!("SELECT count(*) FROM ({}) open", invariants::OPEN_ORDERS),
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1);
+    let outbox_rows = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM product.outbox)
+                  + (SELECT count(*) FROM payment.outbox)",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1);
+    let lag = kafka::lag(brokers).await.unwrap_or_default();
+    Progress {
+        in_flight,
+        outbox_rows,
+        lag,
+    }
+}
+
+/// Polls until every outbox is empty and every group caught up (and, for
+/// [`Until::Quiet`], every order terminal), or `deadline`. Returns whether
+/// it got there and the last progress seen.
+pub async fn settle(
+    platform: &mut Platform,
+    db: &Client,
+    until: Until,
+    deadline: Instant,
+) -> (bool, Progress) {
+    let brokers = platform.broker.address.clone();
+    let mut last_report = Instant::now();
+    loop {
+        platform.revive_crashed().await;
+        let now = progress(db, &brokers).await;
+        if now.drained() && (until == Until::Drained || now.in_flight == 0) {
+            return (true, now);
+        }
+        if Instant::now() >= deadline {
+            return (false, now);
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!("[faults] settling: {now:?}");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
