@@ -92,27 +92,38 @@ const CLIENT_PAUSE: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_leave_every_order_terminal_and_the_books_balanced() {
-    let run_id = Uuid::new_v4().simple().to_string();
-    let logs = LogDir::create(&run_id);
-    println!(
-        "[faults] run {run_id}; process logs in {}",
-        logs.path().display()
-    );
-    let database = TestDatabase::new(&run_id);
-    let shop = ShopBinary::install(&logs);
-    // Children die with `run`'s locals (kill_on_drop), even when it panics;
-    // the database is dropped afterwards either way.
-    let outcome = AssertUnwindSafe(run(&logs, &shop, &database))
-        .catch_unwind()
-        .await;
-    if std::env::var_os("FAULTS_KEEP_DB").is_some() {
-        println!("[faults] kept database {}", database.name);
-    } else {
-        database.drop_database().await;
-    }
-    let report = match outcome {
-        Ok(report) => report,
-        Err(panic) => std::panic::resume_unwind(panic),
+    // librdkafka's mock cluster (the test broker, not shop) can abort on an
+    // internal assertion (`rdkafka_mock_cgrp.c … !member->resp`) when group
+    // members rejoin right after a simulated outage. That run proves nothing
+    // either way, so it is started again from scratch, once.
+    let mut attempt = 0;
+    let (report, logs) = loop {
+        attempt += 1;
+        let run_id = Uuid::new_v4().simple().to_string();
+        let logs = LogDir::create(&run_id);
+        println!(
+            "[faults] run {run_id}; process logs in {}",
+            logs.path().display()
+        );
+        let database = TestDatabase::new(&run_id);
+        let shop = ShopBinary::install(&logs);
+        // Children die with `run`'s locals (kill_on_drop), even when it panics;
+        // the database is dropped afterwards either way.
+        let outcome = AssertUnwindSafe(run(&logs, &shop, &database))
+            .catch_unwind()
+            .await;
+        if std::env::var_os("FAULTS_KEEP_DB").is_some() {
+            println!("[faults] kept database {}", database.name);
+        } else {
+            database.drop_database().await;
+        }
+        match outcome {
+            Ok(report) => break (report, logs),
+            Err(panic) if attempt == 1 && is_mock_broker_abort(&*panic) => {
+                println!("[faults] the test broker (librdkafka mock cluster) aborted on its own assertion; running the suite again");
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     };
     let failed: Vec<String> = report
         .checks
@@ -439,4 +450,14 @@ impl Counts<'_> {
             report.failed()
         );
     }
+}
+
+/// True if a panic reports the mock broker's known internal abort.
+fn is_mock_broker_abort(panic: &(dyn std::any::Any + Send)) -> bool {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    message.contains("rdkafka_mock_cgrp.c")
 }
