@@ -91,6 +91,7 @@ const CLIENTS: usize = 4;
 const CLIENT_PAUSE: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault-injection suite: `cargo test --test faults -- --ignored --nocapture` (a separate step of .ci/run)"]
 async fn faults_leave_every_order_terminal_and_the_books_balanced() {
     // librdkafka's mock cluster (the test broker, not shop) can abort on an
     // internal assertion (`rdkafka_mock_cgrp.c … !member->resp`) when group
