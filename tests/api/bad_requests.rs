@@ -247,30 +247,14 @@ async fn unknown_resources_and_bad_queries_are_json_errors() {
 #[tokio::test]
 async fn products_are_served_and_restocked_through_the_cache() {
     let app = spawn_app().await;
-    let listed: Value = app
-        .http
-        .get(format!("{}/products", app.product_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json(format!("{}/products", app.product_url)).await;
     assert!(
         listed.as_array().unwrap().len() >= 8,
         "demo catalogue seeded"
     );
     let id = app.create_product(3).await;
     let url = format!("{}/products/{id}", app.product_url);
-    let first: Value = app
-        .http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.get_json(&url).await;
     assert_eq!(first["stock"], 3);
     let restocked = app
         .http
@@ -280,28 +264,12 @@ async fn products_are_served_and_restocked_through_the_cache() {
         .await
         .unwrap();
     assert_eq!(restocked.status(), 200);
-    let after: Value = app
-        .http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = app.get_json(&url).await;
     assert_eq!(after["stock"], 40, "cache invalidated on restock");
     // An order moves stock; the cached copy follows.
     let order_id = app.order(id, 4, "tok_visa").await;
     app.wait_terminal(order_id).await;
-    let after_order: Value = app
-        .http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after_order: Value = app.get_json(&url).await;
     assert_eq!(
         after_order["stock"], 36,
         "cache invalidated when stock changes"

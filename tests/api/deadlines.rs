@@ -169,14 +169,8 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
         .get(0);
     assert_eq!(attempts, 3);
     let stuck: Value = order_app
-        .http
-        .get(format!("{}/admin/sagas/stuck", order_app.order_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{}/admin/sagas/stuck", order_app.order_url))
+        .await;
     assert_eq!(stuck["count"], 1, "{stuck}");
     assert_eq!(stuck["sagas"][0]["order_id"], order_id.to_string());
     assert_eq!(stuck["sagas"][0]["status"], "FAILED");

@@ -225,16 +225,22 @@ impl TestApp {
             .expect("uuid")
     }
 
-    /// `GET /orders/{id}`.
-    pub async fn get_order(&self, order_id: Uuid) -> Value {
+    /// `GET url`, answered with JSON.
+    pub async fn get_json(&self, url: impl reqwest::IntoUrl) -> Value {
         self.http
-            .get(format!("{}/orders/{order_id}", self.order_url))
+            .get(url)
             .send()
             .await
-            .expect("order service answers")
+            .expect("service answers")
             .json()
             .await
             .expect("json")
+    }
+
+    /// `GET /orders/{id}`.
+    pub async fn get_order(&self, order_id: Uuid) -> Value {
+        self.get_json(format!("{}/orders/{order_id}", self.order_url))
+            .await
     }
 
     /// Waits until the order is CONFIRMED or REJECTED; returns it.

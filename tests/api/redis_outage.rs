@@ -122,15 +122,7 @@ async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() 
         .await
         .unwrap();
     assert_eq!(listed.status(), 200);
-    let ready: Value = app
-        .http
-        .get(format!("{}/readyz", app.product_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.get_json(format!("{}/readyz", app.product_url)).await;
     assert_eq!(
         ready["status"], "ready",
         "a cache outage does not make the service unready: {ready}"

@@ -41,14 +41,8 @@ async fn confirmed_order_takes_stock_and_records_one_payment() {
     assert_eq!(payments[0].get::<_, i64>(1), 3000);
     // The order is listed for its customer.
     let listed: serde_json::Value = app
-        .http
-        .get(format!("{}/orders?customer_id=alice", app.order_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{}/orders?customer_id=alice", app.order_url))
+        .await;
     assert_eq!(listed[0]["order_id"], json!(order_id));
     app.teardown().await;
 }
