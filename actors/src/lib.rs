@@ -16,6 +16,7 @@ pub mod db;
 pub mod events;
 pub mod gateway;
 pub mod kafka;
+pub mod metrics;
 pub mod order;
 pub mod outbox;
 pub mod payment;

@@ -150,7 +150,15 @@ impl Actor for OutboxRelay {
                     queued: state.queued.clone(),
                 });
             }
-            RelayMsg::Publish | RelayMsg::Tick => {
+            RelayMsg::Tick => {
+                // What notifications did not publish shows here, before this
+                // round publishes it.
+                if let Err(error) = measure_backlog(state).await {
+                    tracing::debug!(schema = state.args.schema, %error, "outbox backlog not measured");
+                }
+                myself.send_message(RelayMsg::Publish)?;
+            }
+            RelayMsg::Publish => {
                 // Clear first: a commit that lands during this round wakes us again.
                 state.queued.store(false, Ordering::Release);
                 match publish_all(state).await {
@@ -184,6 +192,33 @@ impl Actor for OutboxRelay {
         }
         Ok(())
     }
+}
+
+/// Sets the outbox's backlog metrics: rows waiting, and the oldest one's age.
+async fn measure_backlog(state: &RelayState) -> Result<(), RelayError> {
+    let schema = state.args.schema;
+    let client = state.args.pool.get().await.map_err(DbError::from)?;
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), \
+                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
+                 FROM {schema}.outbox"
+            ),
+            &[],
+        )
+        .await?;
+    let labels = crate::metrics::SchemaLabels { schema };
+    let metrics = crate::metrics::metrics();
+    metrics
+        .outbox_backlog
+        .get_or_create(&labels)
+        .set(row.get(0));
+    metrics
+        .outbox_age_seconds
+        .get_or_create(&labels)
+        .set(row.get(1));
+    Ok(())
 }
 
 /// How a publishing round ended.

@@ -113,6 +113,7 @@ pub async fn start_consumer<H: EventHandler>(
     subscription: Subscription,
     topics: Vec<&'static str>,
     handler: Arc<H>,
+    rebalance: Option<Arc<dyn crate::kafka::RebalanceListener>>,
 ) -> Result<(), StartError> {
     let settings = infra.kafka.clone();
     let producer = infra.producer.clone();
@@ -123,6 +124,7 @@ pub async fn start_consumer<H: EventHandler>(
             topics: topics.clone(),
             handler: handler.clone(),
             producer: producer.clone(),
+            rebalance: rebalance.clone(),
         };
         Box::pin(async move {
             let (consumer, _) =

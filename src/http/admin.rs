@@ -1,4 +1,5 @@
-//! Operator routes of the order service: the sagas that need a human.
+//! Operator routes of the order service: the sagas that need a human, and
+//! which sagas run in this process.
 
 use super::error::ApiError;
 use serde_json::json;
@@ -12,14 +13,35 @@ const DEFAULT_GRACE_SECONDS: f64 = 60.0;
 
 /// `GET /admin/sagas/stuck[?grace_seconds=N]`: FAILED sagas, and in-flight
 /// ones overdue by more than the grace period.
+///
+/// `GET /admin/sagas/running`: the partitions this process owns and the
+/// orders whose saga actors run here.
 pub fn routes(
     orders: Orders,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("admin" / "sagas" / "stuck")
+    let running_orders = orders.clone();
+    let stuck_route = warp::path!("admin" / "sagas" / "stuck")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::any().map(move || orders.clone()))
-        .and_then(stuck)
+        .and_then(stuck);
+    let running_route = warp::path!("admin" / "sagas" / "running")
+        .and(warp::get())
+        .and(warp::any().map(move || running_orders.clone()))
+        .and_then(running);
+    stuck_route.or(running_route).unify()
+}
+
+async fn running(orders: Orders) -> Result<warp::reply::Response, Rejection> {
+    let (ownership, order_ids) = orders.running_sagas().await.map_err(ApiError::from)?;
+    Ok(warp::reply::json(&json!({
+        "topic": ownership.topic,
+        "partitions": ownership.partitions,
+        "owned_partitions": ownership.owned,
+        "count": order_ids.len(),
+        "order_ids": order_ids,
+    }))
+    .into_response())
 }
 
 async fn stuck(

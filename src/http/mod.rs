@@ -1,6 +1,6 @@
 //! HTTP for every service: the filters shared by all (JSON bodies with a
-//! size limit, health and readiness), one module of routes per service, and
-//! the server loop with graceful shutdown.
+//! size limit, health and readiness, `/metrics`), one module of routes per
+//! service, and the server loop with graceful shutdown and request metrics.
 
 pub mod admin;
 pub mod error;
@@ -13,7 +13,7 @@ use error::ApiError;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use tokio::sync::watch;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY: u64 = 64 * 1024;
@@ -41,17 +41,55 @@ pub fn json_body<T: DeserializeOwned + Send>(
         .and(warp::body::json())
 }
 
-/// Serves `routes` on `listener` until `shutdown` turns true; returns the
-/// task running the server.
+/// `GET /metrics`: the process's metrics for Prometheus.
+fn metrics_route() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics").and(warp::get()).map(|| {
+        let mut response = shop_actors::metrics::metrics().encode().into_response();
+        response.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static(shop_actors::metrics::CONTENT_TYPE),
+        );
+        response
+    })
+}
+
+/// Serves `routes` (plus `/metrics`) on `listener` until `shutdown` turns
+/// true; returns the task running the server.
 pub fn serve(
     name: &'static str,
     routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
     listener: tokio::net::TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    // One span per request, named after the service, for the logs.
-    let routes = routes
+    // One span per request, named after the service, for the logs; every
+    // answer, errors included, counted and timed.
+    let answered = metrics_route()
+        .or(routes)
+        .unify()
         .recover(error::recover)
+        .map(Reply::into_response);
+    // Owned: a borrowed name here trips a higher-ranked lifetime bound in warp.
+    let service = name.to_owned();
+    let routes = warp::any()
+        .map(std::time::Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(answered)
+        .map(
+            move |started: std::time::Instant,
+                  method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  response: warp::reply::Response| {
+                shop_actors::metrics::metrics().http_request(
+                    &service,
+                    method.as_str(),
+                    path.as_str(),
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                response
+            },
+        )
         .with(warp::trace::named(name));
     tokio::spawn(async move {
         warp::serve(routes)

@@ -174,6 +174,15 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
     assert_eq!(stuck["count"], 1, "{stuck}");
     assert_eq!(stuck["sagas"][0]["order_id"], order_id.to_string());
     assert_eq!(stuck["sagas"][0]["status"], "FAILED");
+    // ... and counted, for alerting.
+    let metrics = order_app.metrics().await;
+    assert!(
+        crate::helpers::metric_value(
+            &metrics,
+            "shop_saga_outcomes_total{status=\"FAILED\",reason=\"PAYMENT_DECLINED\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
 
     // The product service comes back: the releases that were sent are
     // applied, and the acknowledgement ends the order REJECTED.

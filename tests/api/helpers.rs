@@ -49,6 +49,8 @@ pub struct Options {
     pub db_name: Option<String>,
     /// A Redis other than the machine's.
     pub redis_url: Option<String>,
+    /// Where the product service is, when this app does not run it.
+    pub product_url: Option<String>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             kafka_brokers: None,
             db_name: None,
             redis_url: None,
+            product_url: None,
         }
     }
 }
@@ -98,6 +101,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.saga_max_attempts = options.saga_max_attempts;
     settings.saga_sweep_ms = 100;
     settings.kafka_brokers = options.kafka_brokers.clone();
+    settings.product_url = options.product_url.clone();
     settings.outbox_poll_ms = 20;
     settings.shutdown_grace_seconds = 5;
     let platform = Platform::start(&settings, options.role)
@@ -237,6 +241,18 @@ impl TestApp {
             .expect("json")
     }
 
+    /// `GET /metrics` of the order service (the process's metrics).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.order_url))
+            .send()
+            .await
+            .expect("service answers")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// `GET /orders/{id}`.
     pub async fn get_order(&self, order_id: Uuid) -> Value {
         self.get_json(format!("{}/orders/{order_id}", self.order_url))
@@ -350,4 +366,12 @@ pub fn statuses(updates: &[Value]) -> Vec<&str> {
         .iter()
         .map(|u| u["status"].as_str().unwrap_or("?"))
         .collect()
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed)
+/// in a metrics page; 0 when absent.
+pub fn metric_value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

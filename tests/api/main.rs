@@ -9,6 +9,7 @@ mod dead_letters;
 mod deadlines;
 mod helpers;
 mod idempotency;
+mod placement;
 mod redelivery;
 mod redis_outage;
 mod saga;

@@ -24,15 +24,24 @@ pub const GROUPS: [(&str, &[&str]); 3] = [
 /// `(topic, partition)`.
 pub type Partition = (String, i32);
 
+/// A consumer in `group`, configured as the services' members of that group
+/// are (assignor and session timeout): librdkafka's mock broker expects
+/// every member of a group to agree, and applies the session timeout of
+/// whichever member joined last to all of them.
 fn client(brokers: &str, group: &str) -> Result<BaseConsumer, String> {
+    let assignor = if group == "order" {
+        "range"
+    } else {
+        "cooperative-sticky"
+    };
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", crate::SESSION_TIMEOUT_MS.to_string())
+        .set("partition.assignment.strategy", assignor)
         .create()
         .map_err(|e| format!("kafka client: {e}"))
 }
@@ -197,9 +206,12 @@ pub async fn reset_group_to_zero(brokers: &str, group: &'static str) -> Result<R
             .map_err(|e| format!("subscribe {group}: {e}"))?;
         let wanted = list.count();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last_error = None;
         loop {
             // Messages that arrive are dropped: nothing is stored or committed.
-            let _ = member.poll(Duration::from_millis(100));
+            if let Some(Err(error)) = member.poll(Duration::from_millis(100)) {
+                last_error = Some(error.to_string());
+            }
             let assigned = member.assignment().map(|a| a.count()).unwrap_or(0);
             if assigned == wanted {
                 break;
@@ -207,7 +219,7 @@ pub async fn reset_group_to_zero(brokers: &str, group: &'static str) -> Result<R
             if std::time::Instant::now() > deadline {
                 return Err(format!(
                     "{group}: joined but got {assigned} of {wanted} partitions in 30 s \
-                     (is a member still alive?)"
+                     (is a member still alive?); last error: {last_error:?}"
                 ));
             }
         }

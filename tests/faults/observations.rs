@@ -87,6 +87,55 @@ pub fn saga_placement(logs: &LogDir) -> (usize, usize) {
     (in_both, elsewhere)
 }
 
+/// Orders stepped (`order advanced`) by both order processes between `from`
+/// and `to`, a window with no fault and no rebalance: with placement by
+/// partition there must be none.
+pub fn sagas_stay_put(
+    logs: &LogDir,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<String, String> {
+    let mut stepped_in: HashMap<String, BTreeSet<&str>> = HashMap::new();
+    for process in ["order-a", "order-b"] {
+        for line in logs.json_lines(process) {
+            let at = line["timestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+            if line["message"] != "order advanced"
+                || !at.is_some_and(|at| (from..=to).contains(&at))
+            {
+                continue;
+            }
+            if let Some(order_id) = line["order_id"].as_str() {
+                stepped_in
+                    .entry(order_id.to_owned())
+                    .or_default()
+                    .insert(process);
+            }
+        }
+    }
+    let both: Vec<&String> = stepped_in
+        .iter()
+        .filter(|(_, processes)| processes.len() > 1)
+        .map(|(order, _)| order)
+        .collect();
+    if stepped_in.is_empty() {
+        Err(format!("no saga step logged from {from} to {to}"))
+    } else if both.is_empty() {
+        Ok(format!(
+            "{} orders, each stepped by one process",
+            stepped_in.len()
+        ))
+    } else {
+        Err(format!(
+            "{} of {} orders stepped by both processes, e.g. {:?}",
+            both.len(),
+            stepped_in.len(),
+            both.iter().take(5).collect::<Vec<_>>()
+        ))
+    }
+}
+
 /// Saga steps (`order advanced` log lines) per order process between
 /// `from` and `to`, a window in which both were up and nothing was hurt.
 /// Each must have taken a fair part: with six partitions per topic split

@@ -99,6 +99,43 @@ impl Services {
         }
     }
 
+    /// Waits until the two order processes own every partition between
+    /// them, each some and none twice (`GET /admin/sagas/running`): the
+    /// `order` group is not rebalancing.
+    pub async fn wait_order_group_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut owned = Vec::new();
+            for name in ["order-a", "order-b"] {
+                let url = format!("{}/admin/sagas/running", self.url(name));
+                let body: Option<serde_json::Value> = match self.http.get(&url).send().await {
+                    Ok(response) => response.json().await.ok(),
+                    Err(_) => None,
+                };
+                owned.push(body.map(|b| (b["partitions"].as_i64(), b["owned_partitions"].clone())));
+            }
+            if let [Some((Some(total), a)), Some((_, b))] = &owned[..] {
+                let set = |v: &serde_json::Value| -> Vec<i64> {
+                    v.as_array()
+                        .map(|ps| ps.iter().filter_map(serde_json::Value::as_i64).collect())
+                        .unwrap_or_default()
+                };
+                let (a, b) = (set(a), set(b));
+                let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+                all.sort_unstable();
+                if !a.is_empty() && !b.is_empty() && all == (0..*total).collect::<Vec<_>>() {
+                    println!("[faults] order group settled: order-a owns {a:?}, order-b {b:?}");
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order group never settled: {owned:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls `GET /readyz` of `name` until it answers 200.
     pub async fn wait_ready(&mut self, name: &str) {
         let url = format!("{}/readyz", self.url(name));
@@ -138,6 +175,12 @@ impl Services {
             .filter(|(_, clean)| !clean)
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// Stops `name` with SIGTERM; false if it had to be killed after the
+    /// grace period.
+    pub async fn terminate(&mut self, name: &str) -> bool {
+        self.get(name).proc.terminate().await
     }
 
     /// Services whose current incarnation exited by itself, with the status.

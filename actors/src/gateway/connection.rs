@@ -73,6 +73,7 @@ impl Actor for WsConnection {
             connection: myself,
             follow: args.follow,
         })?;
+        crate::metrics::metrics().websocket_connections.inc();
         Ok(ConnectionState {
             sink,
             reader,
@@ -115,6 +116,7 @@ impl Actor for WsConnection {
         let _ = state.hub.send_message(HubMsg::Unsubscribe {
             connection: myself.get_id(),
         });
+        crate::metrics::metrics().websocket_connections.dec();
         state.reader.abort();
         let _ = state.sink.close().await;
         Ok(())

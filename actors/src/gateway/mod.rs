@@ -124,6 +124,7 @@ pub async fn start(infra: &Infra) -> Result<GatewayService, StartError> {
         Subscription::Broadcast,
         vec![topics::ORDER_EVENTS],
         Arc::new(OrderUpdates { hub: hub.clone() }),
+        None,
     )
     .await?;
     Ok(GatewayService {

@@ -15,6 +15,7 @@
 
 use crate::events::Envelope;
 use crate::kafka::dead_letters::{self, Failure};
+use crate::kafka::rebalance::{RebalanceListener, ShopContext};
 use crate::kafka::KafkaSettings;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -87,6 +88,9 @@ pub struct ConsumerArgs<H> {
     /// The process's shared producer, for sending messages that cannot be
     /// handled to the dead-letter topic.
     pub producer: FutureProducer,
+    /// Told about rebalances (group members only). With a listener the
+    /// group uses the `range` assignor: see [`RebalanceListener`].
+    pub rebalance: Option<Arc<dyn RebalanceListener>>,
 }
 
 /// The consumer actor; see the module documentation.
@@ -101,7 +105,7 @@ impl<H> Default for EventConsumer<H> {
 /// State of a running [`EventConsumer`].
 pub struct ConsumerState {
     /// Shared with the poll loop; kept here to commit on the way out.
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<ShopContext>>,
     /// Tells the poll loop to finish its current batch and stop.
     stop: watch::Sender<bool>,
     /// The poll loop, awaited on stop.
@@ -131,15 +135,31 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let (consumer, label) = match &args.subscription {
             Subscription::Group { group_id } => {
-                let consumer: StreamConsumer =
-                    args.settings.consumer_config(group_id, false).create()?;
+                let mut config = args.settings.consumer_config(group_id, false);
+                if args.rebalance.is_some() {
+                    config.set("partition.assignment.strategy", "range");
+                }
+                // Statistics carry the consumer lag reported at /metrics.
+                config.set("statistics.interval.ms", "5000");
+                let context = ShopContext::new(args.rebalance.clone()).with_group(group_id);
+                let consumer: Arc<StreamConsumer<ShopContext>> =
+                    Arc::new(config.create_with_context(context)?);
+                if let Some(listener) = &args.rebalance {
+                    let (described, topics) = (consumer.clone(), args.topics.clone());
+                    // Metadata requests block: keep them off the runtime.
+                    let counts =
+                        tokio::task::spawn_blocking(move || partition_counts(&described, &topics))
+                            .await??;
+                    listener.partition_counts(&counts);
+                }
                 consumer.subscribe(&args.topics)?;
-                (Arc::new(consumer), group_id.clone())
+                (consumer, group_id.clone())
             }
             Subscription::Broadcast => {
                 let mut config = args.settings.consumer_config("shop-broadcast", true);
                 config.set("enable.auto.commit", "false");
-                let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
+                let consumer: Arc<StreamConsumer<ShopContext>> =
+                    Arc::new(config.create_with_context(ShopContext::default())?);
                 let topics = args.topics.clone();
                 let assigner = consumer.clone();
                 // Metadata and watermark requests block: keep them off the runtime.
@@ -187,6 +207,13 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
             // The loop finishes the batch in hand; give it a bounded time.
             let _ = tokio::time::timeout(Duration::from_secs(10), poll_loop).await;
         }
+        if let Some(listener) = state.consumer.context().listener() {
+            // This process gives up its partitions now, not when the group
+            // notices it has gone.
+            if let Ok(assignment) = state.consumer.assignment() {
+                listener.revoked(&crate::kafka::rebalance::elements(&assignment));
+            }
+        }
         if !state.commit_on_stop {
             return Ok(());
         }
@@ -202,9 +229,34 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
     }
 }
 
+/// How many partitions each of `topics` has.
+fn partition_counts(
+    consumer: &StreamConsumer<ShopContext>,
+    topics: &[&str],
+) -> rdkafka::error::KafkaResult<Vec<(String, i32)>> {
+    let timeout = Duration::from_secs(10);
+    let mut counts = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let count = metadata
+            .topics()
+            .iter()
+            .map(|t| t.partitions().len())
+            .sum::<usize>();
+        counts.push((
+            (*topic).to_owned(),
+            i32::try_from(count).unwrap_or(i32::MAX),
+        ));
+    }
+    Ok(counts)
+}
+
 /// Assigns every partition of `topics` at its current end, so that exactly
 /// the messages published from now on are read.
-fn assign_at_end(consumer: &StreamConsumer, topics: &[&str]) -> rdkafka::error::KafkaResult<()> {
+fn assign_at_end(
+    consumer: &StreamConsumer<ShopContext>,
+    topics: &[&str],
+) -> rdkafka::error::KafkaResult<()> {
     let timeout = Duration::from_secs(10);
     let mut assignment = rdkafka::TopicPartitionList::new();
     for topic in topics {
@@ -250,7 +302,7 @@ struct DeadLetters {
 struct Stopped;
 
 async fn poll_loop<H: EventHandler>(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<ShopContext>>,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
     myself: ActorRef<ConsumerMsg>,
@@ -432,6 +484,13 @@ async fn dead_letter(
                     partition = failure.source_partition, offset = failure.source_offset,
                     dead_letter_partition, dead_letter_offset, "dead letter stored"
                 );
+                crate::metrics::metrics()
+                    .dead_letters
+                    .get_or_create(&crate::metrics::DeadLetterLabels {
+                        group: failure.group.clone(),
+                        topic: failure.source_topic.clone(),
+                    })
+                    .inc();
                 return Ok(());
             }
             Err(error) => tracing::warn!(

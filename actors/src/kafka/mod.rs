@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod dead_letters;
+pub mod rebalance;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -15,6 +16,12 @@ use std::time::Duration;
 
 pub use consumer::{ConsumerArgs, EventConsumer, EventHandler, HandlerError, Subscription};
 pub use dead_letters::{DeadLetter, DeadLetterError, Selection};
+pub use rebalance::{RebalanceListener, TopicPartition};
+
+/// Longest wait between reconnection attempts to a broker (librdkafka's
+/// default is 10 s): a restarted broker is back in use within a second,
+/// well inside a consumer's session timeout, so its group survives.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// How to reach Kafka and how topics are laid out.
 #[derive(Debug, Clone)]
@@ -50,6 +57,11 @@ impl KafkaSettings {
             .set("linger.ms", "1")
             .set("message.timeout.ms", "30000")
             .set("client.id", "shop")
+            // Named, not left to the default: the order service computes
+            // which partition an order's replies land on (CRC32 of the key,
+            // see `order::placement`), so every producer must agree.
+            .set("partitioner", "consistent_random")
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .create()
     }
 
@@ -60,6 +72,7 @@ impl KafkaSettings {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .set("group.id", group_id)
             .set("client.id", "shop")
             .set("enable.auto.commit", "true")

@@ -5,14 +5,19 @@
 //! ├── OrderRepo          Postgres: orders, items, history, saga state (essential)
 //! ├── IdempotencyStore   Postgres: Idempotency-Key claims, expiry (essential)
 //! ├── OutboxRelay        orders.outbox -> commands and order-events (essential)
-//! ├── SagaSupervisor     one OrderSaga per in-flight order (essential)
+//! ├── SagaSupervisor     one OrderSaga per in-flight order it owns (essential)
 //! │   └── OrderSaga ...
-//! └── EventConsumer      inventory-events, payment-events -> SagaReplies (restartable)
+//! └── EventConsumer      inventory-events, payment-events -> SagaReplies (restartable);
+//!                        its rebalances decide which orders this process owns
 //! ```
+//!
+//! Several order processes share the load: each runs the sagas of the
+//! orders whose partitions it is assigned ([`placement`]).
 
 pub mod idempotency;
 pub mod machine;
 pub mod model;
+pub mod placement;
 pub mod products;
 pub mod replies;
 pub mod repo;
@@ -71,6 +76,8 @@ pub struct Orders {
     idempotency: ActorRef<idempotency::IdempotencyMsg>,
     /// How long a new order may wait for its stock.
     step_timeout: chrono::Duration,
+    /// Which orders' sagas run here.
+    placement: Arc<placement::Placement>,
 }
 
 impl Orders {
@@ -252,14 +259,13 @@ impl Orders {
         .await??)
     }
 
-    /// How many sagas are running in this process.
-    pub async fn running_sagas(&self) -> Result<usize, OrderError> {
-        Ok(
-            ask(&self.sagas, "saga supervisor", DEFAULT_TIMEOUT, |reply| {
-                SagasMsg::Count { reply }
-            })
-            .await?,
-        )
+    /// The orders whose sagas run in this process, and the partitions it owns.
+    pub async fn running_sagas(&self) -> Result<(placement::Ownership, Vec<Uuid>), OrderError> {
+        let running = ask(&self.sagas, "saga supervisor", DEFAULT_TIMEOUT, |reply| {
+            SagasMsg::Running { reply }
+        })
+        .await?;
+        Ok((self.placement.snapshot(), running))
     }
 }
 
@@ -321,6 +327,8 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
     )
     .await?;
     let outbox = service::start_relay(supervisor, infra, "orders").await?;
+    // Replies of an order share its partition number on both topics.
+    let placement = Arc::new(placement::Placement::new(topics::INVENTORY_EVENTS));
     let (sagas, _) = Actor::spawn_linked(
         None,
         sagas::SagaSupervisor,
@@ -329,6 +337,7 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
             outbox,
             policy: config.policy,
             sweep_every: config.sweep_every,
+            placement: placement.clone(),
         },
         supervisor.get_cell(),
     )
@@ -340,6 +349,7 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
         ChildKind::Essential,
     )
     .await?;
+    placement.notify(sagas.clone());
     service::start_consumer(
         supervisor,
         infra,
@@ -350,6 +360,7 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
         Arc::new(replies::SagaReplies {
             sagas: sagas.clone(),
         }),
+        Some(placement.clone()),
     )
     .await?;
     Ok(OrderService {
@@ -361,6 +372,7 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
             idempotency,
             step_timeout: chrono::Duration::from_std(config.policy.step_timeout)
                 .unwrap_or(chrono::Duration::MAX),
+            placement,
         },
     })
 }

@@ -44,6 +44,8 @@ pub struct SagaArgs {
     pub outbox: OutboxNotifier,
     /// Step deadlines and compensation retries.
     pub policy: SagaPolicy,
+    /// Whether this process still owns the order.
+    pub placement: std::sync::Arc<super::placement::Placement>,
 }
 
 /// State of a running [`OrderSaga`].
@@ -107,6 +109,11 @@ impl Actor for OrderSaga {
                 let result = step(&mut state.args, Input::Reply(&envelope)).await;
                 let _ = reply.send(result);
             }
+            SagaMsg::Deadline { .. } if !state.args.placement.owns(state.args.order_id) => {
+                // The partition moved: its new owner watches this deadline.
+                myself.stop(Some("partition revoked".into()));
+                return Ok(());
+            }
             SagaMsg::Deadline { seq, attempts } => {
                 let current = state.args.state.as_ref().map(|s| (s.seq, s.attempts));
                 if current == Some((seq, attempts)) {
@@ -124,6 +131,10 @@ impl Actor for OrderSaga {
         }
         if matches!(&state.args.state, Some(s) if s.status.is_terminal()) {
             myself.stop(Some("order is terminal".into()));
+        } else if !state.args.placement.owns(state.args.order_id) {
+            // A reply read just before its partition was revoked: handled,
+            // and the new owner takes the saga from here.
+            myself.stop(Some("not the owner".into()));
         } else {
             arm(&myself, state);
         }
@@ -229,6 +240,7 @@ async fn step(args: &mut SagaArgs, input: Input<'_>) -> Result<(), SagaError> {
         match outcome {
             Advance::Applied => {
                 log_step(current, &next, event_type);
+                record_step(current, &next, &args.policy);
                 args.state = Some(next);
                 args.outbox.wake();
                 return Ok(());
@@ -269,6 +281,33 @@ fn log_step(before: &SagaState, after: &SagaState, cause: &str) {
         _ => tracing::info!(
             %order_id, status = %after.status, reason = ?after.reason, cause, "order advanced"
         ),
+    }
+}
+
+/// Counts a step in the metrics: how long the order spent in the step it
+/// left, and the outcome when it is final. A forward step's start is its
+/// deadline less the step timeout; an order's creation time is in its
+/// (version 7) id.
+fn record_step(before: &SagaState, after: &SagaState, policy: &SagaPolicy) {
+    let metrics = crate::metrics::metrics();
+    let now = Utc::now();
+    if before.status != after.status && before.attempts == 0 {
+        if let Some(deadline) = before.deadline_at {
+            let timeout = chrono::Duration::from_std(policy.step_timeout).unwrap_or_default();
+            if let Ok(took) = (now - (deadline - timeout)).to_std() {
+                metrics.saga_step(before.status, took);
+            }
+        }
+    }
+    if after.status.is_terminal() && !before.status.is_terminal() {
+        let created = after.order_id.get_timestamp().map(|t| {
+            let (secs, nanos) = t.to_unix();
+            std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+        });
+        let took = created
+            .and_then(|c| std::time::SystemTime::now().duration_since(c).ok())
+            .unwrap_or_default();
+        metrics.saga_finished(after.status, after.reason.map(|r| r.as_str()), took);
     }
 }
 

@@ -5,12 +5,16 @@
 //! crashing (the reply in hand is retried by the consumer and a fresh saga
 //! picks it up from the last persisted step).
 //!
-//! At start it resumes every saga that is not over, each with its persisted
-//! deadline; afterwards it sweeps periodically for sagas whose deadline
-//! passed with no actor watching them (created by another process, or
-//! whose actor crashed), so no saga waits forever.
+//! It runs only the sagas this process owns ([`Placement`]): when the group
+//! assigns it partitions it resumes, from Postgres, every saga of those
+//! partitions that is not over, each with its persisted deadline; when a
+//! partition is revoked it stops that partition's sagas. It also sweeps
+//! periodically for owned sagas whose deadline passed with no actor
+//! watching them (created by another process, or whose actor crashed), so
+//! no saga waits forever.
 
 use super::machine::{SagaPolicy, SagaState};
+use super::placement::Placement;
 use super::repo::OrderRepoMsg;
 use super::saga::{OrderSaga, SagaArgs, SagaError, SagaMsg};
 use crate::events::Envelope;
@@ -20,6 +24,7 @@ use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SupervisionEvent,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -40,6 +45,8 @@ pub struct SagasArgs {
     pub policy: SagaPolicy,
     /// How often to look for overdue sagas nobody is watching.
     pub sweep_every: Duration,
+    /// Which orders this process owns.
+    pub placement: Arc<Placement>,
 }
 
 /// State of a [`SagaSupervisor`].
@@ -67,18 +74,22 @@ pub enum SagasMsg {
         /// Answered by the saga once the step is durable.
         reply: RpcReplyPort<Result<(), SagaError>>,
     },
-    /// How many sagas are running.
-    Count {
-        /// The number.
-        reply: RpcReplyPort<usize>,
+    /// The orders whose sagas are running here.
+    Running {
+        /// Their ids.
+        reply: RpcReplyPort<Vec<Uuid>>,
     },
+    /// The group assigned partitions to this process: resume their sagas.
+    Acquired,
+    /// Partitions were revoked: stop the sagas this process no longer owns.
+    Released,
     /// Looks in Postgres for sagas to resume: all that are not over (at
     /// start), or only the overdue ones (periodically).
     Sweep {
         /// Only sagas whose deadline has passed.
         overdue_only: bool,
     },
-    /// Starts sagas found by a sweep, unless already running.
+    /// Starts the owned sagas found by a sweep, unless already running.
     Resume {
         /// Their persisted states.
         states: Vec<SagaState>,
@@ -105,18 +116,6 @@ impl Actor for SagaSupervisor {
         })
     }
 
-    async fn post_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // Resume every saga that was in flight when the service last stopped.
-        myself.send_message(SagasMsg::Sweep {
-            overdue_only: false,
-        })?;
-        Ok(())
-    }
-
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
@@ -136,7 +135,11 @@ impl Actor for SagaSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SagasMsg::Begin { state: saga } => {
-                if !state.by_order.contains_key(&saga.order_id) {
+                // Not ours: the owner starts it on the first reply, or its
+                // sweep does when the deadline passes.
+                if state.args.placement.owns(saga.order_id)
+                    && !state.by_order.contains_key(&saga.order_id)
+                {
                     let order_id = saga.order_id;
                     if let Err(error) = spawn_saga(&myself, state, order_id, Some(saga)).await {
                         // The order is stored; the first reply will start it.
@@ -173,8 +176,28 @@ impl Actor for SagaSupervisor {
                     }
                 }
             }
-            SagasMsg::Count { reply } => {
-                let _ = reply.send(state.by_order.len());
+            SagasMsg::Running { reply } => {
+                let _ = reply.send(state.by_order.keys().copied().collect());
+            }
+            SagasMsg::Acquired => {
+                // Every saga in flight, not only overdue ones: the previous
+                // owner stopped watching them.
+                myself.send_message(SagasMsg::Sweep {
+                    overdue_only: false,
+                })?;
+            }
+            SagasMsg::Released => {
+                let placement = &state.args.placement;
+                let mut released = 0usize;
+                for (order_id, saga) in &state.by_order {
+                    if !placement.owns(*order_id) {
+                        saga.stop(Some("partition revoked".into()));
+                        released += 1;
+                    }
+                }
+                if released > 0 {
+                    tracing::info!(released, "stopped sagas of revoked partitions");
+                }
             }
             SagasMsg::Sweep { overdue_only } => {
                 // The query runs as a task; its result comes back as Resume.
@@ -201,7 +224,9 @@ impl Actor for SagaSupervisor {
             SagasMsg::Resume { states } => {
                 let mut resumed = 0usize;
                 for saga in states {
-                    if state.by_order.contains_key(&saga.order_id) {
+                    if state.by_order.contains_key(&saga.order_id)
+                        || !state.args.placement.owns(saga.order_id)
+                    {
                         continue;
                     }
                     let order_id = saga.order_id;
@@ -253,12 +278,16 @@ async fn spawn_saga(
             repo: state.args.repo.clone(),
             outbox: state.args.outbox.clone(),
             policy: state.args.policy,
+            placement: state.args.placement.clone(),
         },
         myself.get_cell(),
     )
     .await?;
     state.by_order.insert(order_id, actor.clone());
     state.by_actor.insert(actor.get_id(), order_id);
+    crate::metrics::metrics()
+        .sagas_running
+        .set(i64::try_from(state.by_order.len()).unwrap_or(i64::MAX));
     Ok(actor)
 }
 
@@ -272,5 +301,8 @@ fn forget(state: &mut SagasState, actor: &ActorId) -> Option<Uuid> {
     {
         state.by_order.remove(&order_id);
     }
+    crate::metrics::metrics()
+        .sagas_running
+        .set(i64::try_from(state.by_order.len()).unwrap_or(i64::MAX));
     Some(order_id)
 }

@@ -97,6 +97,7 @@ pub async fn start(infra: &Infra, latency: Duration) -> Result<PaymentService, S
             outbox,
             latency,
         }),
+        None,
     )
     .await?;
     Ok(PaymentService { service })

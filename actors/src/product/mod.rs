@@ -70,6 +70,7 @@ pub async fn start(infra: &Infra) -> Result<ProductService, StartError> {
         },
         vec![topics::INVENTORY_COMMANDS],
         handler,
+        None,
     )
     .await?;
     Ok(ProductService { service, catalog })
