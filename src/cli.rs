@@ -43,6 +43,19 @@ pub enum Command {
     /// Reads `down` and `up` lines on standard input to simulate an outage
     /// (for fault-injection tests); data survives it.
     Broker,
+    /// Print a bearer token signed with JWT_SECRET, or else with the
+    /// development secret (`JWT_DEV_SECRET_FILE`), which is created if missing.
+    Token {
+        /// The customer id (the token's subject).
+        #[arg(long)]
+        customer: String,
+        /// An admin token instead of a customer one.
+        #[arg(long)]
+        admin: bool,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_seconds: u64,
+    },
     /// Inspect or replay the dead-letter topic, where consumers put the
     /// messages they cannot handle. Needs KAFKA_BROKERS.
     Dlq {
@@ -139,6 +152,28 @@ pub async fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Dlq { command } => return dlq(&cli.settings, command).await,
+        Command::Token {
+            customer,
+            admin,
+            ttl_seconds,
+        } => {
+            let customer = customer.trim();
+            anyhow::ensure!(
+                !customer.is_empty() && customer.len() <= 255,
+                "--customer must be 1 to 255 characters"
+            );
+            let (auth, _) = crate::auth::load(&cli.settings).context("loading the signing key")?;
+            let role = if admin {
+                crate::auth::Role::Admin
+            } else {
+                crate::auth::Role::Customer
+            };
+            let token = auth
+                .mint(customer, role, std::time::Duration::from_secs(ttl_seconds))
+                .context("signing the token")?;
+            println!("{token}");
+            return Ok(());
+        }
     };
     let mut platform = Platform::start(&cli.settings, role)
         .await

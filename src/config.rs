@@ -69,6 +69,26 @@ pub struct Settings {
     /// the product service of this process, or 127.0.0.1:PRODUCT_PORT.
     #[arg(long, env = "PRODUCT_URL", global = true)]
     pub product_url: Option<String>,
+    /// Base URL of the order service, for the gateway's snapshots. Default:
+    /// the order service of this process, or 127.0.0.1:ORDER_PORT.
+    #[arg(long, env = "ORDER_URL", global = true)]
+    pub order_url: Option<String>,
+    /// How often the gateway pings each WebSocket client, in seconds.
+    #[arg(long, env = "WS_PING_SECONDS", default_value_t = 20, global = true)]
+    pub ws_ping_seconds: u64,
+    /// How long a WebSocket client may stay silent (not even a pong) before
+    /// it is closed, in seconds.
+    #[arg(
+        long,
+        env = "WS_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub ws_idle_timeout_seconds: u64,
+    /// Updates that may wait for one slow WebSocket client before it is
+    /// closed with 1008.
+    #[arg(long, env = "WS_QUEUE_LIMIT", default_value_t = 256, global = true)]
+    pub ws_queue_limit: usize,
     /// Simulated payment processor latency, in milliseconds.
     #[arg(long, env = "PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
     pub payment_latency_ms: u64,
@@ -127,6 +147,19 @@ pub struct Settings {
         global = true
     )]
     pub shutdown_grace_seconds: u64,
+    /// Shared secret verifying (and, for `shop token`, signing) HS256
+    /// bearer tokens; at least 32 bytes.
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<crate::auth::Secret>,
+    /// PEM public key (RSA or P-256) verifying RS256/ES256 bearer tokens
+    /// from an identity provider.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Where development mode (neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE
+    /// set) keeps its generated secret. Default:
+    /// `$XDG_STATE_HOME/shop/dev-jwt-secret` (`~/.local/state/...`).
+    #[arg(long, env = "JWT_DEV_SECRET_FILE", global = true)]
+    pub jwt_dev_secret_file: Option<std::path::PathBuf>,
     /// `text` (default) or `json` log lines.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: LogFormat,
@@ -153,10 +186,33 @@ impl Settings {
         // Ignore the environment: defaults are defaults.
         settings.kafka_brokers = None;
         settings.product_url = None;
+        settings.order_url = None;
         settings.database_url = "postgres://postgres@127.0.0.1:5432/shop".into();
         settings.redis_url = "redis://127.0.0.1:6379".into();
         settings.redis_prefix = "shop".into();
+        settings.jwt_secret = None;
+        settings.jwt_public_key_file = None;
+        settings.jwt_dev_secret_file = None;
         settings
+    }
+
+    /// Where development mode keeps its generated JWT secret.
+    pub fn jwt_dev_secret_file(&self) -> std::path::PathBuf {
+        if let Some(path) = &self.jwt_dev_secret_file {
+            return path.clone();
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|home| std::path::PathBuf::from(home).join(".local/state"))
+            });
+        match state {
+            Some(dir) => dir.join("shop").join("dev-jwt-secret"),
+            None => std::path::PathBuf::from(".shop-dev-jwt-secret"),
+        }
     }
 
     /// Simulated payment latency.

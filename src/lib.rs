@@ -9,6 +9,7 @@
 //! - [`http`]: routes per service, JSON errors, health and readiness.
 //! - [`startup`]: [`startup::Platform`], which wires it all together.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -92,6 +92,8 @@ pub struct Platform {
     pub orders: Option<shop_actors::order::Orders>,
     /// The gateway handle, for tests and tools.
     pub gateway: Option<shop_actors::gateway::Gateway>,
+    /// Verifies bearer tokens (and signs them, with a shared secret).
+    pub auth: crate::auth::Authenticator,
     services: Vec<RunningService>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     stop_http: watch::Sender<bool>,
@@ -104,6 +106,19 @@ impl Platform {
     /// Starts `role` with `settings`.
     pub async fn start(settings: &Settings, role: Role) -> Result<Self, StartupError> {
         let started = std::time::Instant::now();
+        let (auth, keys) = crate::auth::load(settings)
+            .map_err(|e| StartupError::Config(format!("bearer tokens: {e}")))?;
+        match &keys {
+            crate::auth::KeySource::Configured => {
+                tracing::info!("bearer tokens verified with the configured key(s)")
+            }
+            crate::auth::KeySource::Development { path, created } => tracing::warn!(
+                path = %path.display(), created,
+                "DEVELOPMENT MODE: neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set; \
+                 tokens are signed with the generated secret in this file \
+                 (`shop token --customer <id>` prints one)"
+            ),
+        }
         let (broker, brokers) = match (&settings.kafka_brokers, role) {
             (Some(brokers), _) => (None, brokers.clone()),
             (None, Role::All) => {
@@ -153,6 +168,7 @@ impl Platform {
             infra: infra.clone(),
             orders: None,
             gateway: None,
+            auth: auth.clone(),
             services: Vec::new(),
             servers: Vec::new(),
             stop_http,
@@ -163,7 +179,7 @@ impl Platform {
 
         if role.runs(Role::Product) {
             let product = shop_actors::product::start(&infra).await?;
-            let routes = http::product::routes(product.catalog)
+            let routes = http::product::routes(product.catalog, auth.clone())
                 .or(http::health::routes(readiness.clone()))
                 .unify();
             let addr = platform
@@ -203,8 +219,8 @@ impl Platform {
                 idempotency_ttl: Duration::from_secs(settings.idempotency_ttl_seconds),
             };
             let order = shop_actors::order::start(&infra, &config).await?;
-            let routes = http::order::routes(order.orders.clone())
-                .or(http::admin::routes(order.orders.clone()))
+            let routes = http::order::routes(order.orders.clone(), auth.clone())
+                .or(http::admin::routes(order.orders.clone(), auth.clone()))
                 .unify()
                 .or(http::health::routes(readiness.clone()))
                 .unify();
@@ -221,8 +237,21 @@ impl Platform {
             platform.services.push(order.service);
         }
         if role.runs(Role::Gateway) {
-            let gateway = shop_actors::gateway::start(&infra).await?;
-            let routes = http::gateway::routes(gateway.gateway.clone())
+            let order_url = match (&settings.order_url, platform.addresses.order) {
+                (Some(url), _) => url.clone(),
+                (None, Some(addr)) => format!("http://127.0.0.1:{}", addr.port()),
+                (None, None) => format!("http://127.0.0.1:{}", settings.order_port),
+            };
+            let config = shop_actors::gateway::GatewayConfig {
+                order_url,
+                policy: shop_actors::gateway::ConnectionPolicy {
+                    ping_every: Duration::from_secs(settings.ws_ping_seconds.max(1)),
+                    idle_timeout: Duration::from_secs(settings.ws_idle_timeout_seconds.max(1)),
+                    queue_limit: settings.ws_queue_limit.max(1),
+                },
+            };
+            let gateway = shop_actors::gateway::start(&infra, &config).await?;
+            let routes = http::gateway::routes(gateway.gateway.clone(), auth.clone())
                 .or(http::health::routes(readiness.clone()))
                 .unify();
             let addr = platform
@@ -280,6 +309,11 @@ impl Platform {
     /// Stops taking requests, then stops every service (consumers commit
     /// their offsets, relays publish what is committed), then the broker.
     pub async fn shutdown(mut self) {
+        // WebSocket clients are told first (1001), so they reconnect
+        // elsewhere instead of seeing a broken connection.
+        if let Some(gateway) = &self.gateway {
+            gateway.close_all(self.grace).await;
+        }
         let _ = self.stop_http.send(true);
         for server in self.servers.drain(..) {
             let _ = tokio::time::timeout(self.grace, server).await;

@@ -325,6 +325,11 @@ pub struct OrderStatusChanged {
     /// Per-order sequence number, 1 for PENDING, +1 for each change; lets a
     /// listener drop duplicates and detect gaps.
     pub seq: i32,
+    /// Who placed the order, so a listener can route the change to its
+    /// customer. Absent in `OrderCreated`, which names the customer itself,
+    /// and in events written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
 }
 
 /// Where an order is in its saga.
@@ -521,6 +526,7 @@ mod tests {
                 status: OrderStatus::Pending,
                 reason: None,
                 seq: 1,
+                customer_id: None,
             },
         });
         assert_eq!(order_created.topic(), topics::ORDER_EVENTS);

@@ -11,6 +11,7 @@
 //! - [`product`], [`order`], [`payment`], [`gateway`]: one folder per
 //!   service, each with its supervisor tree documented at the top.
 
+pub mod auth;
 pub mod cache;
 pub mod db;
 pub mod events;

@@ -1,5 +1,5 @@
-//! Operator routes of the order service: the sagas that need a human, and
-//! which sagas run in this process.
+//! Operator routes of the order service (admin tokens only): the sagas that
+//! need a human, and which sagas run in this process.
 
 use super::error::ApiError;
 use serde_json::json;
@@ -18,15 +18,19 @@ const DEFAULT_GRACE_SECONDS: f64 = 60.0;
 /// orders whose saga actors run here.
 pub fn routes(
     orders: Orders,
+    auth: crate::auth::Authenticator,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let running_orders = orders.clone();
+    let admin = crate::auth::admin(auth).map(|_| ()).untuple_one();
     let stuck_route = warp::path!("admin" / "sagas" / "stuck")
         .and(warp::get())
+        .and(admin.clone())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::any().map(move || orders.clone()))
         .and_then(stuck);
     let running_route = warp::path!("admin" / "sagas" / "running")
         .and(warp::get())
+        .and(admin)
         .and(warp::any().map(move || running_orders.clone()))
         .and_then(running);
     stuck_route.or(running_route).unify()

@@ -43,6 +43,12 @@ pub enum ApiError {
     /// A request with the same `Idempotency-Key` is still being processed.
     #[error("{0}")]
     RequestInProgress(String),
+    /// No valid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -64,6 +70,8 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             ApiError::RequestInProgress(_) => (StatusCode::CONFLICT, "request_in_progress"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 }
@@ -184,5 +192,12 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
             "internal error".into(),
         )
     };
-    Ok(error_response(status, code, message))
+    let mut response = error_response(status, code, message);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            warp::http::header::WWW_AUTHENTICATE,
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    Ok(response)
 }

@@ -1,39 +1,118 @@
-//! Routes of the gateway: `GET /ws` follows every order, `GET
-//! /ws?order_id=` follows one. Each upgraded socket becomes a
-//! `WsConnection` actor.
+//! Routes of the gateway: `GET /ws` upgrades to a WebSocket speaking the
+//! subscription protocol (`docs/events.md`). The caller is authenticated
+//! before the upgrade: a browser cannot set headers on a WebSocket, so the
+//! token comes as a subprotocol — the client offers `shop.v1` and
+//! `bearer.<token>`, and the server selects `shop.v1` — or, for other
+//! clients, in `Authorization: Bearer`. `?order_id=` (with an optional
+//! `last_seq`) subscribes to one order at once.
 
 use super::error::ApiError;
-use shop_actors::gateway::{Follow, Gateway};
+use crate::auth::{bearer_token, Authenticator, Principal};
+use shop_actors::gateway::{ClientMessage, Gateway};
 use std::collections::HashMap;
 use uuid::Uuid;
 use warp::{Filter, Rejection, Reply};
 
-/// Largest frame a client may send (clients only listen).
-const MAX_FRAME: usize = 64 * 1024;
+/// Largest frame or message a client may send (requests are tiny).
+const MAX_FRAME: usize = 4 * 1024;
+/// The protocol the server speaks, selected when the client offers it.
+const PROTOCOL: &str = "shop.v1";
+/// Prefix of the subprotocol that carries the token.
+const BEARER_PROTOCOL: &str = "bearer.";
 
 /// Every gateway route.
 pub fn routes(
     gateway: Gateway,
+    auth: Authenticator,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path!("ws")
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .and_then(|query: HashMap<String, String>| async move {
-            match query.get("order_id") {
-                None => Ok(Follow::All),
-                Some(raw) => Uuid::parse_str(raw.trim()).map(Follow::Order).map_err(|_| {
-                    Rejection::from(ApiError::BadRequest(format!(
-                        "order_id: {raw:?} is not a UUID"
-                    )))
-                }),
-            }
-        })
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and_then(
+            move |authorization: Option<String>, protocols: Option<String>| {
+                let auth = auth.clone();
+                async move { authenticate(&auth, authorization, protocols) }
+            },
+        )
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .and_then(|query: HashMap<String, String>| async move { initial_request(&query) }),
+        )
         .and(warp::ws())
         .and(warp::any().map(move || gateway.clone()))
-        .map(|follow: Follow, ws: warp::ws::Ws, gateway: Gateway| {
-            ws.max_frame_size(MAX_FRAME)
-                .max_message_size(MAX_FRAME)
-                .on_upgrade(move |socket| async move { gateway.open(socket, follow) })
-                .into_response()
-        })
+        .map(
+            |(principal, token, select): (Principal, String, bool),
+             initial: Option<ClientMessage>,
+             ws: warp::ws::Ws,
+             gateway: Gateway| {
+                let reply = ws
+                    .max_frame_size(MAX_FRAME)
+                    .max_message_size(MAX_FRAME)
+                    .on_upgrade(move |socket| async move {
+                        gateway.open(socket, principal, token, initial)
+                    });
+                let mut response = reply.into_response();
+                if select {
+                    response.headers_mut().insert(
+                        "sec-websocket-protocol",
+                        warp::http::HeaderValue::from_static(PROTOCOL),
+                    );
+                }
+                response
+            },
+        )
+}
+
+/// The caller, their token, and whether to select [`PROTOCOL`].
+fn authenticate(
+    auth: &Authenticator,
+    authorization: Option<String>,
+    protocols: Option<String>,
+) -> Result<(Principal, String, bool), Rejection> {
+    let offered: Vec<&str> = protocols
+        .as_deref()
+        .map(|p| p.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let token = offered
+        .iter()
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL))
+        .or_else(|| authorization.as_deref().and_then(bearer_token))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "a bearer token is required: offer the subprotocols {PROTOCOL} and \
+                 {BEARER_PROTOCOL}<token>, or send Authorization: Bearer <token>"
+            ))
+        })?;
+    let principal = auth
+        .verify(token)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    Ok((principal, token.to_owned(), offered.contains(&PROTOCOL)))
+}
+
+/// The subscription `?order_id=…[&last_seq=…]` asks for, if any.
+fn initial_request(query: &HashMap<String, String>) -> Result<Option<ClientMessage>, Rejection> {
+    let Some(raw) = query.get("order_id") else {
+        return Ok(None);
+    };
+    let order_id = Uuid::parse_str(raw.trim())
+        .map_err(|_| ApiError::BadRequest(format!("order_id: {raw:?} is not a UUID")))?;
+    let last_seq = match query.get("last_seq") {
+        None => None,
+        Some(raw) => Some(
+            raw.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("last_seq: {raw:?} is not a number >= 0"))
+                })?,
+        ),
+    };
+    Ok(Some(ClientMessage::Subscribe {
+        order_id: Some(order_id),
+        last_seq,
+        scope: None,
+    }))
 }

@@ -1,8 +1,12 @@
 //! Routes of the order service: place an order (optionally with an
-//! `Idempotency-Key`), read one, list a customer's orders.
+//! `Idempotency-Key`), read one, list a customer's orders. Every route needs
+//! a bearer token: the customer is the token's subject, and a customer sees
+//! only their own orders (another's answers 404, as if it did not exist);
+//! an admin sees every order.
 
 use super::error::ApiError;
 use super::json_body;
+use crate::auth::{Authenticator, Principal};
 use serde::Deserialize;
 use serde_json::Value;
 use shop_actors::order::idempotency::{IdempotencyKey, IdempotentRequest};
@@ -20,22 +24,27 @@ const MAX_LIMIT: i64 = 500;
 /// Every order-service route.
 pub fn routes(
     orders: Orders,
+    auth: Authenticator,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_orders = warp::any().map(move || orders.clone());
+    let caller = crate::auth::caller(auth);
     // The body is taken as JSON first: an idempotency key is bound to the
     // body as JSON, not to its bytes, so a retry may reorder keys or spacing.
     let place = warp::path!("orders")
         .and(warp::post())
+        .and(caller.clone())
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(json_body::<Value>())
         .and(with_orders.clone())
         .and_then(place);
     let get = warp::path!("orders" / Uuid)
         .and(warp::get())
+        .and(caller.clone())
         .and(with_orders.clone())
         .and_then(get);
     let list = warp::path!("orders")
         .and(warp::get())
+        .and(caller)
         .and(warp::query::<HashMap<String, String>>())
         .and(with_orders)
         .and_then(list);
@@ -43,6 +52,7 @@ pub fn routes(
 }
 
 async fn place(
+    caller: Principal,
     key: Option<String>,
     body: Value,
     orders: Orders,
@@ -51,9 +61,23 @@ async fn place(
         .as_deref()
         .map(IdempotencyKey::parse)
         .transpose()
-        .map_err(ApiError::BadRequest)?;
-    let request = PlaceOrder::deserialize(&body)
+        .map_err(ApiError::BadRequest)?
+        .map(|key| key.scoped(&caller.subject));
+    let mut request = PlaceOrder::deserialize(&body)
         .map_err(|e| ApiError::MalformedJson(format!("request body is not valid: {e}")))?;
+    // A customer orders for themself; an admin (support staff) may order
+    // on behalf of the customer the body names.
+    match request.customer_id.as_deref().map(str::trim) {
+        // Blank is invalid input, refused as such by validation.
+        Some(named) if named.is_empty() || caller.is_admin() => {}
+        Some(named) if named != caller.subject => {
+            return Err(ApiError::Forbidden(
+                "customer_id must be the token's subject (it can be left out)".into(),
+            )
+            .into())
+        }
+        _ => request.customer_id = Some(caller.subject.clone()),
+    }
     let idempotent = key.map(|key| IdempotentRequest { key, body });
     let placement = orders
         .place(request, idempotent)
@@ -73,22 +97,35 @@ async fn place(
     Ok(response)
 }
 
-async fn get(order_id: Uuid, orders: Orders) -> Result<warp::reply::Response, Rejection> {
+async fn get(
+    order_id: Uuid,
+    caller: Principal,
+    orders: Orders,
+) -> Result<warp::reply::Response, Rejection> {
     match orders.get(order_id).await.map_err(ApiError::from)? {
-        Some(order) => Ok(warp::reply::json(&order).into_response()),
-        None => Err(ApiError::NotFound(format!("order {order_id} does not exist")).into()),
+        // Someone else's order is reported exactly like a missing one.
+        Some(order) if caller.may_see(&order.customer_id) => {
+            Ok(warp::reply::json(&order).into_response())
+        }
+        _ => Err(ApiError::NotFound(format!("order {order_id} does not exist")).into()),
     }
 }
 
 async fn list(
+    caller: Principal,
     query: HashMap<String, String>,
     orders: Orders,
 ) -> Result<warp::reply::Response, Rejection> {
-    let customer_id = query
-        .get("customer_id")
-        .map(|c| c.trim().to_owned())
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ApiError::BadRequest("customer_id query parameter is required".into()))?;
+    // The caller's own orders unless an admin names a customer.
+    let customer_id = match query.get("customer_id").map(|c| c.trim()) {
+        None | Some("") => caller.subject.clone(),
+        Some(named) if caller.may_see(named) => named.to_owned(),
+        Some(_) => {
+            return Err(
+                ApiError::Forbidden("customers may list only their own orders".into()).into(),
+            )
+        }
+    };
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw

@@ -25,8 +25,12 @@ struct SetStock {
 /// Every product-service route.
 pub fn routes(
     catalog: Catalog,
+    auth: crate::auth::Authenticator,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_catalog = warp::any().map(move || catalog.clone());
+    // Reads are public (a storefront shows the catalogue to anyone);
+    // writes need an admin token, checked before the body is read.
+    let admin = crate::auth::admin(auth).map(|_| ()).untuple_one();
     let list = warp::path!("products")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
@@ -38,11 +42,13 @@ pub fn routes(
         .and_then(get);
     let create = warp::path!("products")
         .and(warp::post())
+        .and(admin.clone())
         .and(json_body::<NewProduct>())
         .and(with_catalog.clone())
         .and_then(create);
     let set_stock = warp::path!("products" / Uuid / "stock")
         .and(warp::put())
+        .and(admin)
         .and(json_body::<SetStock>())
         .and(with_catalog)
         .and_then(set_stock);

@@ -13,11 +13,30 @@ fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// The shared secret every test platform verifies tokens with, so that
+/// platforms of one test (a second order process, a gateway replica)
+/// accept each other's tokens.
+pub const JWT_SECRET: &str = "test-only-secret-test-only-secret-0123456789";
+
+/// A token for `customer` (or an admin token), signed with [`JWT_SECRET`].
+pub fn token(customer: &str, role: shop::auth::Role) -> String {
+    shop::auth::Authenticator::from_secret(JWT_SECRET.as_bytes())
+        .expect("test secret")
+        .mint(customer, role, Duration::from_secs(3600))
+        .expect("signed")
+}
+
+/// A token of the admin `ops`.
+pub fn admin_token() -> String {
+    token("ops", shop::auth::Role::Admin)
+}
+
 /// A running platform with its own database and clients for it.
 pub struct TestApp {
     /// The platform (taken on teardown).
     pub platform: Option<Platform>,
-    /// HTTP client.
+    /// HTTP client sending an admin token with every request (tests about
+    /// who may do what use their own client).
     pub http: reqwest::Client,
     /// e.g. `http://127.0.0.1:41234`
     pub order_url: String,
@@ -51,6 +70,15 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Where the product service is, when this app does not run it.
     pub product_url: Option<String>,
+    /// Where the order service is, when this app does not run it.
+    pub order_url: Option<String>,
+    /// WebSocket heartbeat and limits: ping and idle timeout in seconds,
+    /// and the outbound queue.
+    pub ws_ping_seconds: u64,
+    /// See `ws_ping_seconds`.
+    pub ws_idle_timeout_seconds: u64,
+    /// See `ws_ping_seconds`.
+    pub ws_queue_limit: usize,
 }
 
 impl Default for Options {
@@ -65,6 +93,10 @@ impl Default for Options {
             db_name: None,
             redis_url: None,
             product_url: None,
+            order_url: None,
+            ws_ping_seconds: 20,
+            ws_idle_timeout_seconds: 60,
+            ws_queue_limit: 256,
         }
     }
 }
@@ -102,8 +134,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.saga_sweep_ms = 100;
     settings.kafka_brokers = options.kafka_brokers.clone();
     settings.product_url = options.product_url.clone();
+    settings.order_url = options.order_url.clone();
+    settings.ws_ping_seconds = options.ws_ping_seconds;
+    settings.ws_idle_timeout_seconds = options.ws_idle_timeout_seconds;
+    settings.ws_queue_limit = options.ws_queue_limit;
     settings.outbox_poll_ms = 20;
     settings.shutdown_grace_seconds = 5;
+    settings.jwt_secret = Some(shop::auth::Secret(JWT_SECRET.into()));
     let platform = Platform::start(&settings, options.role)
         .await
         .expect("platform starts");
@@ -114,7 +151,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     tokio::spawn(connection);
     TestApp {
         platform: Some(platform),
-        http: reqwest::Client::new(),
+        http: admin_client(),
         order_url: addrs
             .order
             .map(|a| format!("http://{a}"))
@@ -229,6 +266,24 @@ impl TestApp {
             .expect("uuid")
     }
 
+    /// Places an order as `customer` (with their own token); returns its id.
+    pub async fn place_order_as(&self, customer: &str, body: Value) -> Uuid {
+        let response = reqwest::Client::new()
+            .post(format!("{}/orders", self.order_url))
+            .bearer_auth(token(customer, shop::auth::Role::Customer))
+            .json(&body)
+            .send()
+            .await
+            .expect("order service answers");
+        assert_eq!(response.status(), 202, "place order as {customer}");
+        let body: Value = response.json().await.expect("json");
+        body["order_id"]
+            .as_str()
+            .expect("order_id")
+            .parse()
+            .expect("uuid")
+    }
+
     /// `GET url`, answered with JSON.
     pub async fn get_json(&self, url: impl reqwest::IntoUrl) -> Value {
         self.http
@@ -275,28 +330,40 @@ impl TestApp {
         }
     }
 
-    /// Opens a WebSocket to the gateway at `path_and_query` (e.g. `/ws`).
+    /// Opens a WebSocket to the gateway as an admin: `/ws` follows every
+    /// order, `/ws?order_id=…` one. Returns once the subscription is active.
     pub async fn websocket(&self, path_and_query: &str) -> WsClient {
-        let (socket, _) =
-            tokio_tungstenite::connect_async(format!("{}{path_and_query}", self.ws_url))
-                .await
-                .expect("websocket connects");
-        // Wait until the gateway has subscribed this connection.
-        let gateway = self
-            .platform
-            .as_ref()
-            .expect("running")
-            .gateway
-            .clone()
-            .expect("gateway");
-        let before = tokio::time::Instant::now();
-        while gateway.subscribers().await.unwrap_or(0) == 0 {
-            assert!(
-                before.elapsed() < Duration::from_secs(10),
-                "websocket never subscribed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut ws = self.websocket_as(path_and_query, &admin_token()).await;
+        if !path_and_query.contains("order_id=") {
+            ws.send_json(&json!({"type": "subscribe", "scope": "all"}))
+                .await;
         }
+        ws.wait_for("subscribed").await;
+        ws
+    }
+
+    /// Opens a WebSocket with `token`, offered as a subprotocol the way a
+    /// browser sends it; nothing is subscribed beyond the query's order.
+    pub async fn websocket_as(&self, path_and_query: &str, token: &str) -> WsClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}{path_and_query}", self.ws_url)
+            .into_client_request()
+            .expect("websocket request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("shop.v1, bearer.{token}").parse().expect("header"),
+        );
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("shop.v1"),
+            "the server selects the protocol"
+        );
         WsClient {
             socket,
             unread: Vec::new(),
@@ -323,6 +390,47 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// The underlying socket.
+    pub fn socket_mut(
+        &mut self,
+    ) -> &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    > {
+        &mut self.socket
+    }
+
+    /// Sends a JSON message.
+    pub async fn send_json(&mut self, message: &Value) {
+        use futures::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                message.to_string(),
+            ))
+            .await
+            .expect("websocket send");
+    }
+
+    /// Reads until a message of `kind` (its `type`) arrives, keeping the
+    /// others for later calls; returns it.
+    pub async fn wait_for(&mut self, kind: &str) -> Value {
+        let mut others = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(15), self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} message; saw {others:?}"))
+                .expect("socket open")
+                .expect("frame");
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                let value: Value = serde_json::from_str(&text).expect("gateway sends JSON");
+                if value["type"] == kind {
+                    self.unread.append(&mut others);
+                    return value;
+                }
+                others.push(value);
+            }
+        }
+    }
+
     /// The next JSON message, or `None` if none arrives within `wait`.
     pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
         if !self.unread.is_empty() {
@@ -344,7 +452,8 @@ impl WsClient {
         let mut seen = Vec::new();
         let mut others = Vec::new();
         while let Some(update) = self.next_json(Duration::from_secs(30)).await {
-            if update["order_id"] != json!(order_id) {
+            let is_status = matches!(update["type"].as_str(), Some("update" | "snapshot"));
+            if !is_status || update["order_id"] != json!(order_id) {
                 others.push(update);
                 continue;
             }
@@ -374,4 +483,19 @@ pub fn metric_value(page: &str, series: &str) -> f64 {
     page.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// An HTTP client that sends an admin token with every request.
+pub fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", admin_token())
+            .parse()
+            .expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }

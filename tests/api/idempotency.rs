@@ -53,8 +53,15 @@ async fn assert_error(response: reqwest::Response, status: u16, code: &str) {
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
 }
 
+/// How `key`, sent by the tests' admin `ops`, is stored: in its sender's
+/// namespace.
+fn stored(key: &str) -> String {
+    format!("ops {key}")
+}
+
 /// The key's row as `(status, response_body)`, if there is one.
 async fn key_row(app: &TestApp, key: &str) -> Option<(String, Option<Value>)> {
+    let key = stored(key);
     app.db
         .query_opt(
             "SELECT status, response_body FROM orders.idempotency_keys WHERE key = $1",
@@ -68,6 +75,7 @@ async fn key_row(app: &TestApp, key: &str) -> Option<(String, Option<Value>)> {
 /// Stores `key` as claimed by a request with `body`, as a running (or dead)
 /// first request would have left it.
 async fn claimed_elsewhere(app: &TestApp, key: &str, body: &Value, lock: &str) {
+    let key = stored(key);
     app.db
         .execute(
             &format!(
@@ -166,8 +174,8 @@ async fn an_expired_key_places_a_new_order() {
     let (first, _, _) = accepted(place_with_key(&app, "old", &mugs(1)).await).await;
     app.db
         .execute(
-            "UPDATE orders.idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = 'old'",
-            &[],
+            "UPDATE orders.idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1",
+            &[&stored("old")],
         )
         .await
         .unwrap();
@@ -259,5 +267,29 @@ async fn concurrent_duplicates_place_exactly_one_order() {
     );
     assert_eq!(placed.len() + in_progress, 10);
     assert_eq!(app.count("orders.orders").await, 1, "exactly one order");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn keys_belong_to_their_customer() {
+    let app = spawn_app().await;
+    let body = json!({"items": [{"product_id": MUG, "quantity": 1}]});
+    let place_as = |customer: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/orders", app.order_url))
+            .bearer_auth(crate::helpers::token(customer, shop::auth::Role::Customer))
+            .header("idempotency-key", "checkout-1")
+            .json(&body)
+            .send()
+    };
+    let (alices, _, _) = accepted(place_as("alice").await.unwrap()).await;
+    // Bob picked the same key: he gets his own order, not a replay of hers.
+    let (bobs, _, replayed) = accepted(place_as("bob").await.unwrap()).await;
+    assert_ne!(alices, bobs);
+    assert!(!replayed);
+    // Alice's retry is still a replay of her own.
+    let (again, _, replayed) = accepted(place_as("alice").await.unwrap()).await;
+    assert_eq!((again, replayed), (alices, true));
+    assert_eq!(app.count("orders.orders").await, 2);
     app.teardown().await;
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod bad_requests;
 mod dead_letters;
 mod deadlines;
@@ -13,4 +14,5 @@ mod placement;
 mod redelivery;
 mod redis_outage;
 mod saga;
+mod subscriptions;
 mod websocket;

@@ -152,6 +152,32 @@ async fn faults_leave_every_order_terminal_and_the_books_balanced() {
     );
 }
 
+/// The secret every service verifies bearer tokens with.
+const JWT_SECRET: &str = "faults-only-secret-faults-only-secret-0123";
+
+/// A token of the admin the suite acts as (an operator, and support staff
+/// placing orders on behalf of customers).
+pub fn admin_token() -> String {
+    shop::auth::Authenticator::from_secret(JWT_SECRET.as_bytes())
+        .expect("secret")
+        .mint("faults", shop::auth::Role::Admin, Duration::from_secs(3600))
+        .expect("token")
+}
+
+/// An HTTP client sending [`admin_token`] with every request.
+pub fn admin_client(timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", admin_token()).parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(timeout)
+        .build()
+        .expect("http client")
+}
+
 /// The environment every service process gets (plus its own port).
 fn service_env(
     brokers: &str,
@@ -161,6 +187,7 @@ fn service_env(
 ) -> BTreeMap<String, String> {
     [
         ("KAFKA_BROKERS", brokers.to_owned()),
+        ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("KAFKA_PARTITIONS", PARTITIONS.to_string()),
         ("KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
         ("DATABASE_URL", database.url.clone()),

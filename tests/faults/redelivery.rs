@@ -94,15 +94,34 @@ pub async fn redeliver_everything(platform: &mut Platform, db: &Client, report: 
     // The gateway first, with a client listening through the redelivery.
     platform.services.start(&["gateway"]).await;
     let ws_url = platform.services.url("gateway").replace("http://", "ws://") + "/ws";
-    let (socket, _) = tokio_tungstenite::connect_async(&ws_url)
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            ws_url.as_str(),
+        )
+        .expect("websocket request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", crate::admin_token())
+            .parse()
+            .expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("websocket to the gateway");
+    futures::SinkExt::send(
+        &mut socket,
+        tokio_tungstenite::tungstenite::Message::text(r#"{"type":"subscribe","scope":"all"}"#),
+    )
+    .await
+    .expect("subscribe");
     let listener = tokio::spawn(async move {
         let mut socket = socket;
         let mut pushed = Vec::new();
         while let Some(Ok(message)) = socket.next().await {
-            if message.is_text() {
-                pushed.push(message.to_text().map(str::to_owned).unwrap_or_default());
+            let text = message.to_text().map(str::to_owned).unwrap_or_default();
+            // Status pushes only: the subscription's acknowledgement is not one.
+            if message.is_text() && !text.contains(r#""type":"subscribed""#) {
+                pushed.push(text);
             }
         }
         pushed

@@ -70,10 +70,7 @@ impl Services {
         }
         Self {
             by_name,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .expect("http client"),
+            http: crate::admin_client(Duration::from_secs(3)),
         }
     }
 

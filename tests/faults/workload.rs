@@ -31,7 +31,7 @@ pub struct Product {
 
 /// Creates `count` products with `stock` units each.
 pub async fn create_catalogue(product_url: &str, count: usize, stock: i32) -> Vec<Product> {
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(Duration::from_secs(10));
     let mut products = Vec::with_capacity(count);
     for n in 0..count {
         let response = http
@@ -135,10 +135,7 @@ impl Workload {
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("http client");
+        let http = crate::admin_client(Duration::from_secs(5));
         let handles = (0..clients)
             .map(|client| {
                 let http = http.clone();

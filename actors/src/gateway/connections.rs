@@ -2,8 +2,11 @@
 //! short-lived and never restarted (the client reconnects); the supervisor
 //! only keeps count and makes sure a crashed connection is unsubscribed.
 
-use super::connection::{ConnectionArgs, WsConnection};
-use super::hub::{Follow, HubMsg};
+use super::connection::{ConnectionArgs, ConnectionPolicy, WsConnection};
+use super::hub::HubMsg;
+use super::orders::OrderLookup;
+use super::protocol::ClientMessage;
+use crate::auth::Principal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use warp::ws::WebSocket;
 
@@ -12,9 +15,21 @@ pub struct ConnectionSupervisor;
 
 /// State of the [`ConnectionSupervisor`].
 pub struct ConnectionsState {
-    hub: ActorRef<HubMsg>,
+    args: ConnectionsArgs,
     /// Connections currently open.
     open: usize,
+}
+
+/// Start-up arguments of the [`ConnectionSupervisor`], handed to every
+/// connection.
+#[derive(Clone)]
+pub struct ConnectionsArgs {
+    /// Where connections subscribe.
+    pub hub: ActorRef<HubMsg>,
+    /// Where snapshots come from.
+    pub lookup: OrderLookup,
+    /// Heartbeats and limits.
+    pub policy: ConnectionPolicy,
 }
 
 /// Messages of the [`ConnectionSupervisor`].
@@ -23,9 +38,16 @@ pub enum ConnectionsMsg {
     Open {
         /// The socket (boxed: it is large, and this message is not).
         socket: Box<WebSocket>,
-        /// What it follows.
-        follow: Follow,
+        /// Who connected.
+        principal: Principal,
+        /// Their bearer token.
+        token: String,
+        /// A subscription asked for when connecting.
+        initial: Option<ClientMessage>,
     },
+    /// Closes every connection with 1001 (going away): the server is
+    /// shutting down.
+    CloseAll,
     /// How many connections are open.
     Count {
         /// The number.
@@ -36,14 +58,14 @@ pub enum ConnectionsMsg {
 impl Actor for ConnectionSupervisor {
     type Msg = ConnectionsMsg;
     type State = ConnectionsState;
-    type Arguments = ActorRef<HubMsg>;
+    type Arguments = ConnectionsArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        hub: ActorRef<HubMsg>,
+        args: ConnectionsArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ConnectionsState { hub, open: 0 })
+        Ok(ConnectionsState { args, open: 0 })
     }
 
     async fn handle(
@@ -53,16 +75,30 @@ impl Actor for ConnectionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ConnectionsMsg::Open { socket, follow } => {
+            ConnectionsMsg::Open {
+                socket,
+                principal,
+                token,
+                initial,
+            } => {
                 let args = ConnectionArgs {
                     socket: *socket,
-                    follow,
-                    hub: state.hub.clone(),
+                    principal,
+                    token,
+                    initial,
+                    hub: state.args.hub.clone(),
+                    lookup: state.args.lookup.clone(),
+                    policy: state.args.policy,
                 };
                 match Actor::spawn_linked(None, WsConnection, args, myself.get_cell()).await {
                     Ok(_) => state.open += 1,
                     Err(error) => tracing::warn!(%error, "websocket connection not started"),
                 }
+            }
+            ConnectionsMsg::CloseAll => {
+                myself
+                    .get_cell()
+                    .stop_children(Some("server shutting down".into()));
             }
             ConnectionsMsg::Count { reply } => {
                 let _ = reply.send(state.open);
@@ -82,7 +118,7 @@ impl Actor for ConnectionSupervisor {
             SupervisionEvent::ActorFailed(cell, error) => {
                 state.open = state.open.saturating_sub(1);
                 tracing::warn!(%error, "websocket connection failed");
-                let _ = state.hub.send_message(HubMsg::Unsubscribe {
+                let _ = state.args.hub.send_message(HubMsg::Disconnect {
                     connection: cell.get_id(),
                 });
             }

@@ -1,16 +1,17 @@
-//! `Hub`: who follows what. Connections subscribe to one order or to every
-//! order; each order status update from Kafka is handed to exactly the
-//! connections that follow it.
+//! `Hub`: who follows what. Connections subscribe to topics — one order,
+//! every order of one customer, or (admins) every order — and each order
+//! status update from Kafka is handed to exactly the connections that
+//! follow one of its topics.
 
-use super::connection::ConnectionMsg;
-use crate::events::{Envelope, OrderStatus, RejectReason};
+use super::connection::ConnectionHandle;
+use crate::events::{Envelope, Event, OrderStatus, RejectReason};
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
-/// What a WebSocket client receives for each status change.
+/// One status change of an order, as pushed to clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusUpdate {
     /// The order.
@@ -24,29 +25,39 @@ pub struct StatusUpdate {
     pub at: DateTime<Utc>,
     /// Per-order sequence number (1 = PENDING), for ordering and de-duplication.
     pub seq: i32,
+    /// Who placed the order, for routing; not sent to clients.
+    #[serde(skip)]
+    pub customer_id: Option<String>,
 }
 
 impl StatusUpdate {
     /// The update an `order-events` envelope announces, if any.
     pub fn from_envelope(envelope: &Envelope) -> Option<Self> {
         let change = envelope.event.status_change()?;
+        let customer_id = match &envelope.event {
+            Event::OrderCreated(created) => Some(created.customer_id.clone()),
+            _ => change.customer_id.clone(),
+        };
         Some(Self {
             order_id: envelope.order_id,
             status: change.status,
             reason: change.reason,
             at: envelope.occurred_at,
             seq: change.seq,
+            customer_id,
         })
     }
 }
 
-/// What a connection follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
-    /// Every order.
-    All,
+/// What a connection can follow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
     /// One order.
     Order(Uuid),
+    /// Every order of one customer.
+    Customer(String),
+    /// Every order (admins only; checked by the connection).
+    All,
 }
 
 /// The hub actor; see the module documentation.
@@ -55,31 +66,36 @@ pub struct Hub;
 /// State of the [`Hub`].
 #[derive(Default)]
 pub struct HubState {
-    /// Connections following every order.
-    all: HashMap<ActorId, ActorRef<ConnectionMsg>>,
-    /// Connections following one order, by order.
-    by_order: HashMap<Uuid, HashMap<ActorId, ActorRef<ConnectionMsg>>>,
+    /// Followers of each topic.
+    followers: HashMap<Topic, HashMap<ActorId, ConnectionHandle>>,
     /// What each connection follows, to unsubscribe it.
-    follows: HashMap<ActorId, HashSet<Uuid>>,
+    follows: HashMap<ActorId, HashSet<Topic>>,
 }
 
 /// Messages of the [`Hub`].
 pub enum HubMsg {
-    /// Starts sending `follow`'s updates to `connection`.
+    /// Starts sending `topic`'s updates to `connection`.
     Subscribe {
-        /// The connection actor.
-        connection: ActorRef<ConnectionMsg>,
-        /// What it follows.
-        follow: Follow,
+        /// The connection.
+        connection: ConnectionHandle,
+        /// What it follows from now on.
+        topic: Topic,
     },
-    /// Stops sending anything to the connection (it closed).
+    /// Stops sending `topic`'s updates to the connection.
     Unsubscribe {
         /// The connection actor's id.
         connection: ActorId,
+        /// What it no longer follows.
+        topic: Topic,
     },
-    /// Hands an update to everyone following its order.
+    /// Stops sending anything to the connection (it closed).
+    Disconnect {
+        /// The connection actor's id.
+        connection: ActorId,
+    },
+    /// Hands an update to everyone following its order, its customer, or all.
     Publish(StatusUpdate),
-    /// How many connections are subscribed.
+    /// How many connections follow something.
     Count {
         /// The number of distinct connections.
         reply: RpcReplyPort<usize>,
@@ -106,59 +122,64 @@ impl Actor for Hub {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HubMsg::Subscribe { connection, follow } => {
-                let id = connection.get_id();
-                match follow {
-                    Follow::All => {
-                        state.all.insert(id, connection);
-                    }
-                    Follow::Order(order_id) => {
-                        state
-                            .by_order
-                            .entry(order_id)
-                            .or_default()
-                            .insert(id, connection);
-                        state.follows.entry(id).or_default().insert(order_id);
+            HubMsg::Subscribe { connection, topic } => {
+                let id = connection.id();
+                state.follows.entry(id).or_default().insert(topic.clone());
+                state
+                    .followers
+                    .entry(topic)
+                    .or_default()
+                    .insert(id, connection);
+            }
+            HubMsg::Unsubscribe { connection, topic } => {
+                if let Some(topics) = state.follows.get_mut(&connection) {
+                    topics.remove(&topic);
+                    if topics.is_empty() {
+                        state.follows.remove(&connection);
                     }
                 }
+                remove_follower(state, &topic, connection);
             }
-            HubMsg::Unsubscribe { connection } => unsubscribe(state, connection),
+            HubMsg::Disconnect { connection } => disconnect(state, connection),
             HubMsg::Publish(update) => {
+                let mut topics = vec![Topic::Order(update.order_id), Topic::All];
+                if let Some(customer) = &update.customer_id {
+                    topics.push(Topic::Customer(customer.clone()));
+                }
+                // A connection following two of these topics gets the update
+                // once.
+                let mut sent = HashSet::new();
                 let mut gone = Vec::new();
-                let followers = state
-                    .by_order
-                    .get(&update.order_id)
-                    .into_iter()
-                    .flat_map(|m| m.values())
-                    .chain(state.all.values());
-                for connection in followers {
-                    if connection
-                        .send_message(ConnectionMsg::Push(update.clone()))
-                        .is_err()
-                    {
-                        gone.push(connection.get_id());
+                for topic in &topics {
+                    for (id, connection) in state.followers.get(topic).into_iter().flatten() {
+                        if sent.insert(*id) && !connection.push(update.clone()) {
+                            gone.push(*id);
+                        }
                     }
                 }
                 for id in gone {
-                    unsubscribe(state, id);
+                    disconnect(state, id);
                 }
             }
             HubMsg::Count { reply } => {
-                let _ = reply.send(state.all.len() + state.follows.len());
+                let _ = reply.send(state.follows.len());
             }
         }
         Ok(())
     }
 }
 
-fn unsubscribe(state: &mut HubState, connection: ActorId) {
-    state.all.remove(&connection);
-    for order_id in state.follows.remove(&connection).unwrap_or_default() {
-        if let Some(followers) = state.by_order.get_mut(&order_id) {
-            followers.remove(&connection);
-            if followers.is_empty() {
-                state.by_order.remove(&order_id);
-            }
+fn remove_follower(state: &mut HubState, topic: &Topic, connection: ActorId) {
+    if let Some(followers) = state.followers.get_mut(topic) {
+        followers.remove(&connection);
+        if followers.is_empty() {
+            state.followers.remove(topic);
         }
+    }
+}
+
+fn disconnect(state: &mut HubState, connection: ActorId) {
+    for topic in state.follows.remove(&connection).unwrap_or_default() {
+        remove_follower(state, &topic, connection);
     }
 }

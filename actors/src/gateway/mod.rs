@@ -10,12 +10,17 @@
 //!
 //! Each gateway process reads every partition of `order-events` from the
 //! moment it starts (no consumer group), so every replica sees every update
-//! and a client may connect to any.
+//! and a client may connect to any. What a client missed while it was away
+//! (or before this replica started) comes from the order service when it
+//! subscribes, so no replica needs history of its own.
 
 pub mod connection;
 pub mod connections;
 pub mod hub;
+pub mod orders;
+pub mod protocol;
 
+use crate::auth::Principal;
 use crate::events::{topics, Envelope};
 use crate::kafka::Subscription;
 use crate::kafka::{EventHandler, HandlerError};
@@ -23,13 +28,23 @@ use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
 use crate::service::{self, Infra, RunningService};
 use crate::supervisor::{self as sup, ChildKind};
 use crate::StartError;
-use connections::{ConnectionSupervisor, ConnectionsMsg};
+use connections::{ConnectionSupervisor, ConnectionsArgs, ConnectionsMsg};
 use hub::{Hub, HubMsg, StatusUpdate};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
 use warp::ws::WebSocket;
 
-pub use hub::Follow;
+pub use connection::ConnectionPolicy;
+pub use protocol::{ClientMessage, Scope, ServerMessage};
+
+/// How the gateway is set up.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The order service's base URL, for snapshots.
+    pub order_url: String,
+    /// Heartbeats and limits of every connection.
+    pub policy: ConnectionPolicy,
+}
 
 /// Hands `order-events` to the hub.
 pub struct OrderUpdates {
@@ -56,17 +71,46 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Gives an upgraded socket its connection actor.
-    pub fn open(&self, socket: WebSocket, follow: Follow) {
+    /// Gives an upgraded socket of `principal` its connection actor, with
+    /// an optional first request.
+    pub fn open(
+        &self,
+        socket: WebSocket,
+        principal: Principal,
+        token: String,
+        initial: Option<ClientMessage>,
+    ) {
         if self
             .connections
             .send_message(ConnectionsMsg::Open {
                 socket: Box::new(socket),
-                follow,
+                principal,
+                token,
+                initial,
             })
             .is_err()
         {
             tracing::warn!("gateway is stopping; websocket dropped");
+        }
+    }
+
+    /// Closes every connection with 1001 (going away) and waits, at most
+    /// `grace`, until they are gone: the first step of a shutdown, before
+    /// the HTTP server stops.
+    pub async fn close_all(&self, grace: std::time::Duration) {
+        if self
+            .connections
+            .send_message(ConnectionsMsg::CloseAll)
+            .is_err()
+        {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            match self.connections().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
         }
     }
 
@@ -99,7 +143,7 @@ pub struct GatewayService {
 }
 
 /// Starts the gateway's actor tree.
-pub async fn start(infra: &Infra) -> Result<GatewayService, StartError> {
+pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayService, StartError> {
     let service = RunningService::start("gateway").await?;
     let supervisor = &service.supervisor;
     let (hub, _) = Actor::spawn_linked(None, Hub, (), supervisor.get_cell()).await?;
@@ -107,7 +151,11 @@ pub async fn start(infra: &Infra) -> Result<GatewayService, StartError> {
     let (connections, _) = Actor::spawn_linked(
         None,
         ConnectionSupervisor,
-        hub.clone(),
+        ConnectionsArgs {
+            hub: hub.clone(),
+            lookup: orders::OrderLookup::new(&config.order_url),
+            policy: config.policy,
+        },
         supervisor.get_cell(),
     )
     .await?;

@@ -78,6 +78,13 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key in `owner`'s namespace: two customers may pick the same key
+    /// without one seeing the other's order. A key never contains a space,
+    /// so the last space separates the owner unambiguously.
+    pub fn scoped(self, owner: &str) -> Self {
+        Self(format!("{owner} {}", self.0))
+    }
 }
 
 /// The rest of a structured-field string after its opening quote.

@@ -120,6 +120,7 @@ impl SagaState {
                     status: self.status,
                     reason: None,
                     seq: self.seq,
+                    customer_id: None,
                 },
             })),
             self.envelope(Event::ReserveInventory(ReserveInventory {
@@ -224,6 +225,7 @@ impl SagaState {
                 status: *status,
                 reason: *reason,
                 seq: next.seq,
+                customer_id: Some(self.customer_id.clone()),
             };
             let event = match status {
                 OrderStatus::Confirmed => Event::OrderConfirmed(change),
