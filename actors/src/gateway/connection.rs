@@ -9,6 +9,7 @@ use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
+use tracing::Instrument;
 use uuid::Uuid;
 use warp::ws::{Message, WebSocket};
 
@@ -99,7 +100,14 @@ impl Actor for WsConnection {
                 }
                 state.last_seq.insert(update.order_id, update.seq);
                 let json = serde_json::to_string(&update)?;
-                if state.sink.send(Message::text(json)).await.is_err() {
+                let span = push_span(&update);
+                if state
+                    .sink
+                    .send(Message::text(json))
+                    .instrument(span)
+                    .await
+                    .is_err()
+                {
                     myself.stop(Some("client unreachable".into()));
                 }
             }
@@ -121,4 +129,20 @@ impl Actor for WsConnection {
         let _ = state.sink.close().await;
         Ok(())
     }
+}
+
+/// The span of pushing `update` to one client: the last step of its
+/// order's trace.
+fn push_span(update: &StatusUpdate) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "websocket push",
+        otel.kind = "producer",
+        service = "gateway",
+        order_id = %update.order_id,
+        status = %update.status,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::adopt(&span, update.trace.as_ref());
+    span
 }

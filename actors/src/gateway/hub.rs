@@ -24,6 +24,9 @@ pub struct StatusUpdate {
     pub at: DateTime<Utc>,
     /// Per-order sequence number (1 = PENDING), for ordering and de-duplication.
     pub seq: i32,
+    /// The trace of the event announcing it, for the push's span; not sent.
+    #[serde(skip)]
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 impl StatusUpdate {
@@ -36,6 +39,7 @@ impl StatusUpdate {
             reason: change.reason,
             at: envelope.occurred_at,
             seq: change.seq,
+            trace: envelope.trace,
         })
     }
 }
