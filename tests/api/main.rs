@@ -13,4 +13,5 @@ mod placement;
 mod redelivery;
 mod redis_outage;
 mod saga;
+mod trace_propagation;
 mod websocket;
