@@ -304,17 +304,23 @@ async fn with_an_otlp_endpoint_the_order_is_one_trace_across_every_service() {
     let http = reqwest::Client::new();
     let order_url = format!("http://127.0.0.1:{order_port}");
     let started = tokio::time::Instant::now();
-    loop {
-        let ready = http.get(format!("{order_url}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
+    // The services start one after the other: wait for all four.
+    for port in [product_port, payment_port, order_port, gateway_port] {
+        loop {
+            let ready = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "shop never became ready on {port}; see {}",
+                log_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "shop never became ready; see {}",
-            log_path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (mut socket, _) =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{gateway_port}/ws"))
