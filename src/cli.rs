@@ -117,7 +117,15 @@ impl ReplayArgs {
 /// Parses the command line and runs it.
 pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.settings.log_format);
+    let telemetry = crate::telemetry::init(cli.settings.log_format);
+    let result = run_command(cli).await;
+    // Spans still queued for the exporter are sent before the process exits.
+    telemetry.shutdown().await;
+    result
+}
+
+/// Runs the parsed command line.
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let role = match cli.command.unwrap_or(Command::All) {
         Command::All => Role::All,
         Command::Product => Role::Product,

@@ -5,7 +5,7 @@
 //! - [`cli`]: subcommands (`all`, `product`, `order`, `payment`, `gateway`,
 //!   `migrate`, `broker`).
 //! - [`config`]: [`config::Settings`], from flags and environment variables.
-//! - [`telemetry`]: log set-up.
+//! - [`telemetry`]: logs, and OpenTelemetry tracing with optional OTLP export.
 //! - [`http`]: routes per service, JSON errors, health and readiness.
 //! - [`startup`]: [`startup::Platform`], which wires it all together.
 

@@ -81,6 +81,10 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
                 3,
                 include_str!("../migrations/product_0003_released_orders.sql"),
             ),
+            (
+                4,
+                include_str!("../migrations/product_0004_outbox_traceparent.sql"),
+            ),
         ],
     },
     SchemaMigrations {
@@ -92,6 +96,10 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
                 3,
                 include_str!("../migrations/orders_0003_idempotency_keys.sql"),
             ),
+            (
+                4,
+                include_str!("../migrations/orders_0004_outbox_traceparent.sql"),
+            ),
         ],
     },
     SchemaMigrations {
@@ -99,6 +107,10 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
         steps: &[
             (1, include_str!("../migrations/payment_0001_init.sql")),
             (2, include_str!("../migrations/payment_0002_voids.sql")),
+            (
+                3,
+                include_str!("../migrations/payment_0003_outbox_traceparent.sql"),
+            ),
         ],
     },
 ];

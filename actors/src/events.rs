@@ -56,6 +56,11 @@ pub struct Envelope {
     /// The event type (`event_type`) and its body (`payload`).
     #[serde(flatten)]
     pub event: Event,
+    /// The trace this message belongs to. Not part of the JSON: it is
+    /// stored in the outbox row beside it and travels as the Kafka header
+    /// `traceparent`, so a consumer reads it without parsing the body.
+    #[serde(skip)]
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// Why an envelope could not be decoded.
@@ -70,7 +75,9 @@ pub enum DecodeError {
 }
 
 impl Envelope {
-    /// A new envelope for `event` about `order_id`, stamped now.
+    /// A new envelope for `event` about `order_id`, stamped now. It belongs
+    /// to the current span's trace: a message is caused by the work that
+    /// writes it.
     pub fn new(order_id: Uuid, correlation_id: Uuid, event: Event) -> Self {
         Self {
             event_id: Uuid::now_v7(),
@@ -79,6 +86,7 @@ impl Envelope {
             occurred_at: Utc::now(),
             schema_version: SCHEMA_VERSION,
             event,
+            trace: crate::trace::TraceParent::current(),
         }
     }
 

@@ -8,6 +8,7 @@
 //!   processed event ids that makes redelivery harmless.
 //! - [`supervisor`], [`service`], [`rpc`], [`retry`]: how trees are built,
 //!   supervised and talk to each other.
+//! - [`trace`]: the W3C `traceparent` carried from request to WebSocket push.
 //! - [`product`], [`order`], [`payment`], [`gateway`]: one folder per
 //!   service, each with its supervisor tree documented at the top.
 
@@ -26,6 +27,7 @@ pub mod retry;
 pub mod rpc;
 pub mod service;
 pub mod supervisor;
+pub mod trace;
 
 pub use service::{Infra, RunningService};
 

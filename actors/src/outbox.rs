@@ -6,15 +6,24 @@
 //! publishes committed rows and deletes them once Kafka has acknowledged
 //! them. A crash between the two only means a row is published again, and
 //! consumers drop the duplicate by its event id ([`first_delivery`]).
+//!
+//! Each row keeps the trace context of the work that wrote it (column
+//! `traceparent`). The relay publishes every row in a `publish` span, a
+//! child of that context, and sends the span's own context as the Kafka
+//! header [`trace::HEADER`]: every message of an order's saga then belongs
+//! to the order's trace, each under a span of its own.
 
 use crate::db::DbError;
 use crate::events::Envelope;
+use crate::trace::{self, TraceParent};
 use deadpool_postgres::{Pool, Transaction};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Rows published per round trip.
@@ -35,13 +44,17 @@ pub async fn append(
     let keys: Vec<String> = envelopes.iter().map(Envelope::key).collect();
     let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event_id).collect();
     let payloads: Vec<Vec<u8>> = envelopes.iter().map(Envelope::encode).collect();
+    let traces: Vec<Option<String>> = envelopes
+        .iter()
+        .map(|e| e.trace.map(|t| t.to_string()))
+        .collect();
     let statement = tx
         .prepare_cached(&format!(
-            "INSERT INTO {schema}.outbox (topic, key, event_id, payload)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[])"
+            "INSERT INTO {schema}.outbox (topic, key, event_id, payload, traceparent)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[])"
         ))
         .await?;
-    tx.execute(&statement, &[&topics, &keys, &ids, &payloads])
+    tx.execute(&statement, &[&topics, &keys, &ids, &payloads, &traces])
         .await?;
     Ok(())
 }
@@ -271,7 +284,7 @@ async fn publish_batch(state: &RelayState) -> Result<(Option<usize>, bool), Rela
     }
     let select = tx
         .prepare_cached(&format!(
-            "SELECT id, topic, key, payload FROM {schema}.outbox ORDER BY id LIMIT $1"
+            "SELECT id, topic, key, payload, traceparent FROM {schema}.outbox ORDER BY id LIMIT $1"
         ))
         .await?;
     let rows = tx.query(&select, &[&BATCH]).await?;
@@ -282,10 +295,22 @@ async fn publish_batch(state: &RelayState) -> Result<(Option<usize>, bool), Rela
         let topic: &str = row.get(1);
         let key: &str = row.get(2);
         let payload: &[u8] = row.get(3);
-        state.args.producer.send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            QUEUE_TIMEOUT,
-        )
+        let stored: Option<&str> = row.get(4);
+        let span = publish_span(topic, key, stored);
+        let header = TraceParent::of_span(&span).map(|t| t.to_string());
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(value) = &header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: trace::HEADER,
+                value: Some(value.as_str()),
+            }));
+        }
+        // The span lasts until Kafka acknowledges the message.
+        state
+            .args
+            .producer
+            .send(record, QUEUE_TIMEOUT)
+            .instrument(span)
     });
     let results = futures::future::join_all(sends).await;
     let mut sent = Vec::with_capacity(rows.len());
@@ -311,6 +336,25 @@ async fn publish_batch(state: &RelayState) -> Result<(Option<usize>, bool), Rela
         });
     }
     Ok((Some(sent.len()), rows.len() as i64 == BATCH))
+}
+
+/// The span of publishing one row: a child of the context stored with it.
+/// A row without one (written before tracing, or by work outside any span)
+/// gets no span, and its message no header.
+fn publish_span(topic: &str, key: &str, stored: Option<&str>) -> tracing::Span {
+    let Some(parent) = stored.and_then(|value| TraceParent::parse(value).ok()) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        otel.name = %format_args!("{topic} publish"),
+        otel.kind = "producer",
+        order_id = key,
+        trace_id = tracing::field::Empty,
+    );
+    trace::adopt(&span, Some(&parent));
+    span
 }
 
 /// A stable advisory-lock key per schema.

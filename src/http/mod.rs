@@ -70,6 +70,7 @@ pub fn serve(
         .map(Reply::into_response);
     // Owned: a borrowed name here trips a higher-ranked lifetime bound in warp.
     let service = name.to_owned();
+    let span_service = name.to_owned();
     let routes = warp::any()
         .map(std::time::Instant::now)
         .and(warp::method())
@@ -90,7 +91,9 @@ pub fn serve(
                 response
             },
         )
-        .with(warp::trace::named(name));
+        .with(warp::trace(move |info: warp::trace::Info<'_>| {
+            request_span(&span_service, &info)
+        }));
     tokio::spawn(async move {
         warp::serve(routes)
             .incoming(listener)
@@ -100,6 +103,30 @@ pub fn serve(
             .run()
             .await;
     })
+}
+
+/// The span of one request: a child of the caller's `traceparent` header
+/// when it sends a valid one, else the root of a new trace. Everything the
+/// request causes (its outbox rows, so the saga's messages) joins it.
+fn request_span(service: &str, info: &warp::trace::Info<'_>) -> tracing::Span {
+    use shop_actors::trace::{self, TraceParent};
+    let span = tracing::info_span!(
+        parent: None,
+        "request",
+        otel.name = %format_args!("{} {service}", info.method()),
+        otel.kind = "server",
+        service,
+        method = %info.method(),
+        path = info.path(),
+        trace_id = tracing::field::Empty,
+    );
+    let parent = info
+        .request_headers()
+        .get(trace::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| TraceParent::parse(value).ok());
+    trace::adopt(&span, parent.as_ref());
+    span
 }
 
 /// Binds `addr` (port 0 picks a free port) and reports the bound address.

@@ -108,7 +108,8 @@ pub async fn spawn_app() -> TestApp {
 
 /// [`spawn_app`] with options.
 pub async fn spawn_app_with(options: Options) -> TestApp {
-    shop::telemetry::init(shop::config::LogFormat::Text);
+    // Nothing is exported in these tests, so there is nothing to flush.
+    let _telemetry = shop::telemetry::init(shop::config::LogFormat::Text);
     let db_name = options
         .db_name
         .clone()

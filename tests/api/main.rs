@@ -15,4 +15,5 @@ mod redelivery;
 mod redis_outage;
 mod saga;
 mod subscriptions;
+mod trace_propagation;
 mod websocket;

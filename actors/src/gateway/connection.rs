@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use uuid::Uuid;
 use warp::ws::{Message, WebSocket};
 
@@ -480,6 +481,7 @@ async fn looked(
                             at: entry.at,
                             seq: entry.seq,
                             customer_id: None,
+                            trace: None,
                         };
                         send(myself, state, &ServerMessage::Update(update)).await;
                     }
@@ -546,7 +548,26 @@ async fn deliver(
         sent.clear();
     }
     sent.insert(update.order_id, update.seq);
-    send(myself, state, &ServerMessage::Update(update)).await;
+    let span = push_span(&update);
+    send(myself, state, &ServerMessage::Update(update))
+        .instrument(span)
+        .await;
+}
+
+/// The span of pushing `update` to one client: the last step of its
+/// order's trace.
+fn push_span(update: &StatusUpdate) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "websocket push",
+        otel.kind = "producer",
+        service = "gateway",
+        order_id = %update.order_id,
+        status = %update.status,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::adopt(&span, update.trace.as_ref());
+    span
 }
 
 /// Writes one message; a client that cannot take it within

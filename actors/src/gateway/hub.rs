@@ -28,6 +28,9 @@ pub struct StatusUpdate {
     /// Who placed the order, for routing; not sent to clients.
     #[serde(skip)]
     pub customer_id: Option<String>,
+    /// The trace of the event announcing it, for the push's span; not sent.
+    #[serde(skip)]
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 impl StatusUpdate {
@@ -45,6 +48,7 @@ impl StatusUpdate {
             at: envelope.occurred_at,
             seq: change.seq,
             customer_id,
+            trace: envelope.trace,
         })
     }
 }

@@ -158,6 +158,7 @@ mod tests {
             at: DateTime::<Utc>::UNIX_EPOCH,
             seq: 4,
             customer_id: Some("alice".into()),
+            trace: None,
         };
         let json = serde_json::to_value(ServerMessage::Update(update)).unwrap();
         assert_eq!(json["type"], "update");

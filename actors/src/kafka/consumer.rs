@@ -7,6 +7,10 @@
 //! processed in the same transaction as their effect, so a redelivered batch
 //! changes nothing.
 //!
+//! Each envelope leaves the consumer with the trace context of its
+//! message's `traceparent` header ([`crate::trace`]); the handler does that
+//! envelope's work in a span that continues it.
+//!
 //! A message that cannot be handled — not a valid envelope, or refused
 //! permanently by the handler [`PERMANENT_ATTEMPTS`] times in a row — goes to
 //! the dead-letter topic ([`super::dead_letters`]), and its offset is stored
@@ -20,7 +24,7 @@ use crate::kafka::KafkaSettings;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
 use std::future::Future;
 use std::sync::Arc;
@@ -331,7 +335,10 @@ async fn poll_loop<H: EventHandler>(
                         payload: message.payload().map(<[u8]>::to_vec),
                     });
                     match Envelope::decode(message.payload().unwrap_or_default()) {
-                        Ok(envelope) => batch.push(Item { envelope, source }),
+                        Ok(mut envelope) => {
+                            envelope.trace = trace_context(&message);
+                            batch.push(Item { envelope, source });
+                        }
                         Err(error) => undecodable.push((source, error.to_string())),
                     }
                 }
@@ -378,6 +385,23 @@ async fn poll_loop<H: EventHandler>(
         if let Some(reason) = fatal {
             let _ = myself.send_message(ConsumerMsg::PollLoopEnded(reason));
             return;
+        }
+    }
+}
+
+/// The message's `traceparent` header, if it has a valid one. A missing or
+/// invalid one only means its work starts a new trace.
+fn trace_context(message: &impl Message) -> Option<crate::trace::TraceParent> {
+    let header = message
+        .headers()?
+        .iter()
+        .find(|header| header.key == crate::trace::HEADER)?;
+    let value = std::str::from_utf8(header.value?).ok()?;
+    match crate::trace::TraceParent::parse(value) {
+        Ok(parent) => Some(parent),
+        Err(error) => {
+            tracing::debug!(%error, value, "traceparent header ignored");
+            None
         }
     }
 }

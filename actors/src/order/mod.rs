@@ -211,6 +211,7 @@ impl Orders {
                     saga: saga.clone(),
                     items,
                     idempotency,
+                    trace: crate::trace::TraceParent::current(),
                 },
                 reply,
             }

@@ -37,10 +37,15 @@ impl ProductClient {
     /// The products with these ids; unknown ids are absent from the answer.
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Product>, ProductLookupError> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let response = self
+        let mut request = self
             .http
             .get(format!("{}/products", self.base_url))
-            .query(&[("ids", ids.join(","))])
+            .query(&[("ids", ids.join(","))]);
+        // The product service's work for this order joins the order's trace.
+        if let Some(trace) = crate::trace::TraceParent::current() {
+            request = request.header(crate::trace::HEADER, trace.to_string());
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| ProductLookupError(e.to_string()))?;

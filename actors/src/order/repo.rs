@@ -27,6 +27,8 @@ pub struct NewOrder {
     /// order's transaction, so there is never an order without its key or a
     /// DONE key without its order.
     pub idempotency: Option<super::idempotency::Completion>,
+    /// The trace of the request that placed it, for its opening messages.
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// A saga an operator should look at.
@@ -263,7 +265,13 @@ async fn create(pool: Pool, order: NewOrder) -> Result<(), super::idempotency::P
         ],
     )
     .await?;
-    outbox::append(&tx, SCHEMA, &saga.opening_messages()).await?;
+    let mut opening = saga.opening_messages();
+    // Made in this actor's task, outside the request's span: they belong
+    // to the request's trace all the same.
+    for message in &mut opening {
+        message.trace = order.trace;
+    }
+    outbox::append(&tx, SCHEMA, &opening).await?;
     tx.commit().await?;
     Ok(())
 }

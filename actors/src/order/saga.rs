@@ -11,8 +11,10 @@ use super::repo::{Advance, OrderRepoMsg};
 use crate::events::{Envelope, Event, OrderStatus};
 use crate::outbox::OutboxNotifier;
 use crate::rpc::{ask, DEFAULT_TIMEOUT};
+use crate::trace::{self, TraceParent};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Attempts at a step when another writer keeps moving the order.
@@ -53,14 +55,17 @@ pub struct SagaActorState {
     args: SagaArgs,
     /// The armed deadline timer, replaced at every step.
     timer: Option<Timer>,
+    /// The trace of the last reply, so that a deadline step (compensation
+    /// after a timeout) shows in the order's trace too.
+    trace: Option<TraceParent>,
 }
 
 /// Messages of an [`OrderSaga`].
 pub enum SagaMsg {
     /// A reply from another service about this order.
     Reply {
-        /// The decoded reply.
-        envelope: Envelope,
+        /// The decoded reply (boxed: an envelope is large next to a deadline).
+        envelope: Box<Envelope>,
         /// Answered once the resulting step is durable (or the reply was
         /// found to need none), so the consumer may store its offset.
         reply: RpcReplyPort<Result<(), SagaError>>,
@@ -86,7 +91,11 @@ impl Actor for OrderSaga {
     ) -> Result<Self::State, ActorProcessingErr> {
         // Loading waits for the first message: spawning stays instant for
         // the supervisor, and the load happens in this actor's own turn.
-        Ok(SagaActorState { args, timer: None })
+        Ok(SagaActorState {
+            args,
+            timer: None,
+            trace: None,
+        })
     }
 
     async fn post_start(
@@ -106,7 +115,11 @@ impl Actor for OrderSaga {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SagaMsg::Reply { envelope, reply } => {
-                let result = step(&mut state.args, Input::Reply(&envelope)).await;
+                state.trace = envelope.trace.or(state.trace);
+                let span = trace::process_span("order", &envelope);
+                let result = step(&mut state.args, Input::Reply(&envelope))
+                    .instrument(span)
+                    .await;
                 let _ = reply.send(result);
             }
             SagaMsg::Deadline { .. } if !state.args.placement.owns(state.args.order_id) => {
@@ -117,7 +130,11 @@ impl Actor for OrderSaga {
             SagaMsg::Deadline { seq, attempts } => {
                 let current = state.args.state.as_ref().map(|s| (s.seq, s.attempts));
                 if current == Some((seq, attempts)) {
-                    if let Err(error) = step(&mut state.args, Input::Deadline).await {
+                    let span = deadline_span(state.args.order_id, state.trace.as_ref());
+                    let stepped = step(&mut state.args, Input::Deadline)
+                        .instrument(span)
+                        .await;
+                    if let Err(error) = stepped {
                         // Try again shortly: the deadline has still passed.
                         tracing::warn!(%error, "deadline step failed; retrying");
                         let retry = crate::retry::jittered(std::time::Duration::from_secs(2));
@@ -151,6 +168,20 @@ impl Actor for OrderSaga {
         }
         Ok(())
     }
+}
+
+/// The span of a deadline step: in the order's trace when this actor saw
+/// a reply of it, else the root of a new trace.
+fn deadline_span(order_id: Uuid, last_reply: Option<&TraceParent>) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "deadline",
+        service = "order",
+        %order_id,
+        trace_id = tracing::field::Empty,
+    );
+    trace::adopt(&span, last_reply);
+    span
 }
 
 /// A pending `send_after`.

@@ -149,7 +149,10 @@ impl Actor for SagaSupervisor {
             }
             SagasMsg::Deliver { envelope, reply } => {
                 let order_id = envelope.order_id;
-                let mut message = SagaMsg::Reply { envelope, reply };
+                let mut message = SagaMsg::Reply {
+                    envelope: Box::new(envelope),
+                    reply,
+                };
                 // Twice: the first saga found may be stopping (its order
                 // just finished); a fresh one then reloads from Postgres.
                 for _ in 0..2 {

@@ -8,8 +8,10 @@ use crate::db::DbError;
 use crate::events::{Envelope, Event, PaymentAuthorized, PaymentDeclined, PaymentVoided};
 use crate::outbox;
 use crate::rpc::answer;
+use crate::trace;
 use deadpool_postgres::{Pool, Transaction};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 use uuid::Uuid;
 
 const SCHEMA: &str = "payment";
@@ -62,29 +64,45 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<(), DbError>
     let tx = client.transaction().await?;
     let mut replies = Vec::with_capacity(batch.len());
     for envelope in &batch {
-        if !outbox::first_delivery(&tx, SCHEMA, envelope.event_id).await? {
+        // Each command's work is its own span in its order's trace, though
+        // the batch shares one transaction.
+        let span = trace::process_span("payment", envelope);
+        let Some(reply) = apply_command(&tx, envelope)
+            .instrument(span.clone())
+            .await?
+        else {
             continue;
-        }
-        let reply = match &envelope.event {
-            Event::AuthorizePayment(command) => authorize(&tx, envelope.order_id, command).await?,
-            Event::VoidPayment(_) => void(&tx, envelope.order_id).await?,
-            other => {
-                tracing::warn!(
-                    event_type = other.type_name(),
-                    "not a payment command; ignored"
-                );
-                continue;
-            }
         };
-        replies.push(Envelope::new(
-            envelope.order_id,
-            envelope.correlation_id,
-            reply,
-        ));
+        replies.push(
+            span.in_scope(|| Envelope::new(envelope.order_id, envelope.correlation_id, reply)),
+        );
     }
     outbox::append(&tx, SCHEMA, &replies).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Applies one command in the batch's transaction; returns its reply, or
+/// nothing for a duplicate or a misrouted message.
+async fn apply_command(
+    tx: &Transaction<'_>,
+    envelope: &Envelope,
+) -> Result<Option<Event>, DbError> {
+    if !outbox::first_delivery(tx, SCHEMA, envelope.event_id).await? {
+        return Ok(None);
+    }
+    let reply = match &envelope.event {
+        Event::AuthorizePayment(command) => authorize(tx, envelope.order_id, command).await?,
+        Event::VoidPayment(_) => void(tx, envelope.order_id).await?,
+        other => {
+            tracing::warn!(
+                event_type = other.type_name(),
+                "not a payment command; ignored"
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some(reply))
 }
 
 /// Cancels the order's authorization. A void that arrives first leaves a

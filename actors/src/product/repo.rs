@@ -13,10 +13,12 @@ use crate::events::{
 };
 use crate::outbox;
 use crate::rpc::answer;
+use crate::trace;
 use deadpool_postgres::{Pool, Transaction};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
+use tracing::Instrument;
 use uuid::Uuid;
 
 const SCHEMA: &str = "product";
@@ -193,35 +195,23 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, D
     let mut replies = Vec::with_capacity(batch.len());
     let mut touched = Vec::new();
     for envelope in &batch {
-        if !outbox::first_delivery(&tx, SCHEMA, envelope.event_id).await? {
-            tracing::debug!(event_id = %envelope.event_id, "duplicate inventory command ignored");
+        // Each command's work is its own span in its order's trace, though
+        // the batch shares one transaction.
+        let span = trace::process_span("product", envelope);
+        let Some(reply) = apply_command(&tx, envelope)
+            .instrument(span.clone())
+            .await?
+        else {
             continue;
-        }
-        let reply = match &envelope.event {
-            Event::ReserveInventory(command) => {
-                reserve(&tx, envelope.order_id, &command.items).await?
-            }
-            Event::ReleaseInventory(command) => {
-                release(&tx, envelope.order_id, command.reason).await?
-            }
-            other => {
-                tracing::warn!(
-                    event_type = other.type_name(),
-                    "not an inventory command; ignored"
-                );
-                continue;
-            }
         };
         if let Event::InventoryReserved(InventoryReserved { items })
         | Event::InventoryReleased(InventoryReleased { items }) = &reply
         {
             touched.extend(items.iter().map(|level| level.product_id));
         }
-        replies.push(Envelope::new(
-            envelope.order_id,
-            envelope.correlation_id,
-            reply,
-        ));
+        replies.push(
+            span.in_scope(|| Envelope::new(envelope.order_id, envelope.correlation_id, reply)),
+        );
     }
     outbox::append(&tx, SCHEMA, &replies).await?;
     tx.commit().await?;
@@ -231,6 +221,30 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, D
 }
 
 /// Takes every line of the order out of stock, or none of them.
+/// Applies one command in the batch's transaction; returns its reply, or
+/// nothing for a duplicate or a misrouted message.
+async fn apply_command(
+    tx: &Transaction<'_>,
+    envelope: &Envelope,
+) -> Result<Option<Event>, DbError> {
+    if !outbox::first_delivery(tx, SCHEMA, envelope.event_id).await? {
+        tracing::debug!(event_id = %envelope.event_id, "duplicate inventory command ignored");
+        return Ok(None);
+    }
+    let reply = match &envelope.event {
+        Event::ReserveInventory(command) => reserve(tx, envelope.order_id, &command.items).await?,
+        Event::ReleaseInventory(command) => release(tx, envelope.order_id, command.reason).await?,
+        other => {
+            tracing::warn!(
+                event_type = other.type_name(),
+                "not an inventory command; ignored"
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some(reply))
+}
+
 async fn reserve(
     tx: &Transaction<'_>,
     order_id: Uuid,
