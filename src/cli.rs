@@ -43,6 +43,11 @@ pub enum Command {
     /// Reads `down` and `up` lines on standard input to simulate an outage
     /// (for fault-injection tests); data survives it.
     Broker,
+    /// Benchmark one WebSocket gateway: open N customer connections,
+    /// publish status updates to `order-events` at a fixed rate, and report
+    /// publication-to-client latency and the gateway's memory per
+    /// connection. Needs KAFKA_BROKERS and the gateway's token secret.
+    Wsbench(crate::wsbench::WsBenchArgs),
     /// Print a bearer token signed with JWT_SECRET, or else with the
     /// development secret (`JWT_DEV_SECRET_FILE`), which is created if missing.
     Token {
@@ -160,6 +165,20 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Dlq { command } => return dlq(&cli.settings, command).await,
+        Command::Wsbench(args) => {
+            let brokers = cli.settings.kafka_brokers.clone().context(
+                "KAFKA_BROKERS (or --kafka-brokers) is required: the broker the gateway reads",
+            )?;
+            let (auth, _) = crate::auth::load(&cli.settings).context("loading the signing key")?;
+            let result = crate::wsbench::run(&args, &brokers, &auth).await?;
+            let json = serde_json::to_string_pretty(&result)?;
+            if let Some(path) = &args.out {
+                std::fs::write(path, &json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{json}");
+            return Ok(());
+        }
         Command::Token {
             customer,
             admin,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod startup;
 pub mod telemetry;
+pub mod wsbench;
 
 pub use config::Settings;
 pub use startup::{Platform, Role};

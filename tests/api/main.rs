@@ -17,3 +17,4 @@ mod saga;
 mod subscriptions;
 mod trace_propagation;
 mod websocket;
+mod wsbench;
