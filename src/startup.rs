@@ -207,11 +207,11 @@ impl Platform {
             platform.services.push(payment.service);
         }
         if role.runs(Role::Order) {
-            let product_url = match (&settings.product_url, platform.addresses.product) {
-                (Some(url), _) => url.clone(),
-                (None, Some(addr)) => format!("http://127.0.0.1:{}", addr.port()),
-                (None, None) => format!("http://127.0.0.1:{}", settings.product_port),
-            };
+            let product_url = url_of(
+                &settings.product_url,
+                platform.addresses.product,
+                settings.product_port,
+            );
             let config = shop_actors::order::OrderConfig {
                 product_url,
                 policy: settings.saga_policy(),
@@ -237,11 +237,11 @@ impl Platform {
             platform.services.push(order.service);
         }
         if role.runs(Role::Gateway) {
-            let order_url = match (&settings.order_url, platform.addresses.order) {
-                (Some(url), _) => url.clone(),
-                (None, Some(addr)) => format!("http://127.0.0.1:{}", addr.port()),
-                (None, None) => format!("http://127.0.0.1:{}", settings.order_port),
-            };
+            let order_url = url_of(
+                &settings.order_url,
+                platform.addresses.order,
+                settings.order_port,
+            );
             let config = shop_actors::gateway::GatewayConfig {
                 order_url,
                 policy: shop_actors::gateway::ConnectionPolicy {
@@ -322,5 +322,15 @@ impl Platform {
             service.stop(self.grace).await;
         }
         drop(self.broker.take());
+    }
+}
+
+/// Where another service is: as configured, else in this process, else on
+/// this machine's default port.
+fn url_of(configured: &Option<String>, here: Option<SocketAddr>, port: u16) -> String {
+    match (configured, here) {
+        (Some(url), _) => url.clone(),
+        (None, Some(addr)) => format!("http://127.0.0.1:{}", addr.port()),
+        (None, None) => format!("http://127.0.0.1:{port}"),
     }
 }

@@ -258,13 +258,7 @@ impl TestApp {
                 "payment_token": token,
             }))
             .await;
-        assert_eq!(response.status(), 202, "place order");
-        let body: Value = response.json().await.expect("json");
-        body["order_id"]
-            .as_str()
-            .expect("order_id")
-            .parse()
-            .expect("uuid")
+        accepted_order_id(response, "place order").await
     }
 
     /// Places an order as `customer` (with their own token); returns its id.
@@ -276,13 +270,7 @@ impl TestApp {
             .send()
             .await
             .expect("order service answers");
-        assert_eq!(response.status(), 202, "place order as {customer}");
-        let body: Value = response.json().await.expect("json");
-        body["order_id"]
-            .as_str()
-            .expect("order_id")
-            .parse()
-            .expect("uuid")
+        accepted_order_id(response, &format!("place order as {customer}")).await
     }
 
     /// `GET url`, answered with JSON.
@@ -499,4 +487,47 @@ pub fn admin_client() -> reqwest::Client {
         .default_headers(headers)
         .build()
         .expect("http client")
+}
+
+/// A consumer (of no group) assigned every partition of every topic from
+/// the beginning, and how many messages there are to read: to check what
+/// was published.
+pub fn read_every_topic(brokers: &str, name: &str) -> (rdkafka::consumer::BaseConsumer, i64) {
+    use rdkafka::consumer::Consumer;
+    let timeout = Duration::from_secs(10);
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", name)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0;
+    for topic in shop_actors::events::topics::ALL {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .expect("metadata");
+        for partition in metadata.topics()[0].partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition.id(), timeout)
+                .expect("watermarks");
+            remaining += high - low;
+            assignment
+                .add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    (consumer, remaining)
+}
+
+/// The `order_id` of a `202 Accepted` answer to `POST /orders`.
+pub async fn accepted_order_id(response: reqwest::Response, what: &str) -> Uuid {
+    assert_eq!(response.status(), 202, "{what}");
+    let body: Value = response.json().await.expect("json");
+    body["order_id"]
+        .as_str()
+        .expect("order_id")
+        .parse()
+        .expect("uuid")
 }

@@ -34,27 +34,8 @@ async fn snapshot(app: &TestApp) -> Vec<(String, i64)> {
 
 /// Reads every message on every topic, start to end.
 fn read_all(brokers: &str) -> Vec<(String, Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "redelivery-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    for topic in topics::ALL {
-        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).unwrap();
-        for partition in metadata.topics()[0].partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition.id(), TIMEOUT)
-                .unwrap();
-            remaining += high - low;
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).unwrap();
+    let (consumer, mut remaining) =
+        crate::helpers::read_every_topic(brokers, "redelivery-test-reader");
     let mut messages = Vec::new();
     while remaining > 0 {
         let message = consumer

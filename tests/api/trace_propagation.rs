@@ -5,12 +5,9 @@
 
 use crate::helpers::{admin_client, admin_token, spawn_app, JWT_SECRET};
 use futures::StreamExt;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use shop_actors::events::{topics, Envelope};
+use shop_actors::events::Envelope;
 use shop_actors::trace::TraceParent;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -35,27 +32,7 @@ struct Read {
 
 /// Every message on the saga's topics keyed by one of `orders`, by order.
 fn read_orders(brokers: &str, orders: &[Uuid]) -> HashMap<Uuid, Vec<Read>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "trace-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    for topic in topics::ALL {
-        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).unwrap();
-        for partition in metadata.topics()[0].partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition.id(), TIMEOUT)
-                .unwrap();
-            remaining += high - low;
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).unwrap();
+    let (consumer, mut remaining) = crate::helpers::read_every_topic(brokers, "trace-test-reader");
     let mut found: HashMap<Uuid, Vec<Read>> = HashMap::new();
     while remaining > 0 {
         let message = consumer
