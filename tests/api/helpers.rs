@@ -399,6 +399,14 @@ impl WsClient {
             .expect("websocket send");
     }
 
+    /// Follows every order of the connection's customer; returns once the
+    /// subscription is active.
+    pub async fn subscribe_mine(&mut self) {
+        self.send_json(&json!({"type": "subscribe", "scope": "mine"}))
+            .await;
+        self.wait_for("subscribed").await;
+    }
+
     /// Reads until a message of `kind` (its `type`) arrives, keeping the
     /// others for later calls; returns it.
     pub async fn wait_for(&mut self, kind: &str) -> Value {

@@ -104,9 +104,7 @@ async fn mine_follows_every_order_of_the_caller_and_no_other() {
     let mut ws = app
         .websocket_as("/ws", &token("alice", Role::Customer))
         .await;
-    ws.send_json(&json!({"type": "subscribe", "scope": "mine"}))
-        .await;
-    ws.wait_for("subscribed").await;
+    ws.subscribe_mine().await;
     let place = |customer: &'static str| {
         app.place_order_as(
             customer,
@@ -168,9 +166,7 @@ async fn a_client_too_slow_for_its_queue_is_closed_with_1008_and_others_are_not(
     let mut fine = app
         .websocket_as("/ws", &token("carol", Role::Customer))
         .await;
-    fine.send_json(&json!({"type": "subscribe", "scope": "mine"}))
-        .await;
-    fine.wait_for("subscribed").await;
+    fine.subscribe_mine().await;
     // A burst of updates to the admin following everything, whose queue
     // holds three: it overflows. (Carol's own order never has more than two
     // updates in flight at once.)
@@ -201,9 +197,7 @@ async fn shutdown_closes_websockets_with_1001() {
     let mut ws = app
         .websocket_as("/ws", &token("alice", Role::Customer))
         .await;
-    ws.send_json(&json!({"type": "subscribe", "scope": "mine"}))
-        .await;
-    ws.wait_for("subscribed").await;
+    ws.subscribe_mine().await;
     let stopping = tokio::spawn(app.teardown());
     assert_eq!(
         ws.close_frame().await.map(|(code, _)| code),
@@ -231,9 +225,7 @@ async fn a_client_on_either_gateway_replica_gets_every_update() {
     let mut on_first = app.websocket_as("/ws", &alice).await;
     let mut on_replica = replica.websocket_as("/ws", &alice).await;
     for ws in [&mut on_first, &mut on_replica] {
-        ws.send_json(&json!({"type": "subscribe", "scope": "mine"}))
-            .await;
-        ws.wait_for("subscribed").await;
+        ws.subscribe_mine().await;
     }
     let product = app.create_product(10).await;
     let order_id = app.order(product, 1, "tok_visa").await;
