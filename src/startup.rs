@@ -96,6 +96,8 @@ pub struct Platform {
     pub auth: crate::auth::Authenticator,
     services: Vec<RunningService>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// Keeps the dead-letter topic's size metric current.
+    dlq_watch: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     grace: Duration,
     /// Kept last: dropped after everything that talks to it.
@@ -171,6 +173,7 @@ impl Platform {
             auth: auth.clone(),
             services: Vec::new(),
             servers: Vec::new(),
+            dlq_watch: infra.kafka.watch_dead_letter_topic(Duration::from_secs(15)),
             stop_http,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
             broker,
@@ -321,6 +324,7 @@ impl Platform {
         for service in self.services.drain(..) {
             service.stop(self.grace).await;
         }
+        self.dlq_watch.abort();
         drop(self.broker.take());
     }
 }

@@ -282,18 +282,19 @@ async fn publish(
                 customer_id: Some(customer(rand_index(n, customers))),
             }),
         );
-        let producer = producer.clone();
+        // Enqueued now, not when the future is first polled: `send` would
+        // only hand the message to librdkafka once awaited.
+        let (key, payload) = (envelope.key(), envelope.encode());
+        let queued = producer.send_result(
+            FutureRecord::to(topics::ORDER_EVENTS)
+                .key(&key)
+                .payload(&payload),
+        );
         sends.push(async move {
-            let key = envelope.key();
-            producer
-                .send(
-                    FutureRecord::to(topics::ORDER_EVENTS)
-                        .key(&key)
-                        .payload(&envelope.encode()),
-                    Duration::from_secs(5),
-                )
-                .await
-                .is_ok()
+            match queued {
+                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                Err(_) => false,
+            }
         });
         // Keep the in-flight sends bounded and counted.
         while sends.len() > 1_000 {

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub websocket_connections: Gauge,
     /// Messages sent to the dead-letter topic by this process.
     pub dead_letters: Family<DeadLetterLabels, Counter>,
+    /// Messages on the dead-letter topic (replayed ones included).
+    pub dead_letter_topic_messages: Gauge,
 }
 
 fn latency_buckets() -> Histogram {
@@ -190,8 +192,15 @@ impl Metrics {
             "Messages this process sent to the dead-letter topic",
             dead_letters.clone(),
         );
+        let dead_letter_topic_messages = Gauge::default();
+        registry.register(
+            "dead_letter_topic_messages",
+            "Messages on the dead-letter topic, replayed ones included (see shop dlq list)",
+            dead_letter_topic_messages.clone(),
+        );
         Self {
             registry,
+            dead_letter_topic_messages,
             http_requests,
             http_seconds,
             saga_outcomes,

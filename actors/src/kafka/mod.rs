@@ -95,6 +95,45 @@ impl KafkaSettings {
         config
     }
 
+    /// Keeps the dead-letter topic's size metric current: its messages
+    /// (high minus low watermark over its partitions), read every `every`
+    /// until the returned task is aborted. Replay does not remove a dead
+    /// letter, so the figure counts replayed ones too.
+    pub fn watch_dead_letter_topic(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let brokers = self.brokers.clone();
+        tokio::spawn(async move {
+            let client: Result<rdkafka::consumer::BaseConsumer, _> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create();
+            let Ok(client) = client.map(std::sync::Arc::new) else {
+                return;
+            };
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                let client = client.clone();
+                // Metadata and watermark requests block: keep them off the runtime.
+                let size = tokio::task::spawn_blocking(move || {
+                    use rdkafka::consumer::Consumer;
+                    let timeout = Duration::from_secs(5);
+                    let topic = crate::events::topics::DEAD_LETTERS;
+                    let metadata = client.fetch_metadata(Some(topic), timeout).ok()?;
+                    let mut size = 0;
+                    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                        let (low, high) =
+                            client.fetch_watermarks(topic, partition.id(), timeout).ok()?;
+                        size += high - low;
+                    }
+                    Some(size)
+                })
+                .await;
+                if let Ok(Some(size)) = size {
+                    crate::metrics::metrics().dead_letter_topic_messages.set(size);
+                }
+            }
+        })
+    }
+
     /// Creates the platform's topics if they do not exist yet.
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -249,5 +288,41 @@ impl Drop for EmbeddedBroker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::FutureRecord;
+
+    #[tokio::test]
+    async fn the_dead_letter_size_metric_counts_the_topic() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster
+            .create_topic(crate::events::topics::DEAD_LETTERS, 2, 1)
+            .unwrap();
+        let settings = KafkaSettings::new(cluster.bootstrap_servers());
+        let producer = settings.producer().unwrap();
+        for key in ["a", "b", "c"] {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(crate::events::topics::DEAD_LETTERS)
+                        .key(key)
+                        .payload("{}"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        let watch = settings.watch_dead_letter_topic(Duration::from_millis(50));
+        let gauge = &crate::metrics::metrics().dead_letter_topic_messages;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gauge.get() != 3 {
+            assert!(tokio::time::Instant::now() < deadline, "gauge at {}", gauge.get());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        watch.abort();
     }
 }
