@@ -182,6 +182,8 @@ impl Platform {
             let routes = http::product::routes(product.catalog, auth.clone())
                 .or(http::health::routes(readiness.clone()))
                 .unify();
+            // The storefront page, served by the gateway, calls it from a browser.
+            let routes = http::cors::allow_browsers(routes);
             let addr = platform
                 .listen(
                     "product",
@@ -224,6 +226,7 @@ impl Platform {
                 .unify()
                 .or(http::health::routes(readiness.clone()))
                 .unify();
+            let routes = http::cors::allow_browsers(routes);
             let addr = platform
                 .listen(
                     "order",

@@ -1,8 +1,9 @@
 //! HTTP for every service: the filters shared by all (JSON bodies with a
-//! size limit, health and readiness, `/metrics`), one module of routes per
+//! size limit, health and readiness, `/metrics`, CORS), one module of routes per
 //! service, and the server loop with graceful shutdown and request metrics.
 
 pub mod admin;
+pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod health;
