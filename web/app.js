@@ -358,8 +358,10 @@ async function fetchOrder(orderId) {
       order.history.sort((a, b) => a.seq - b.seq);
     }
     renderOrder(order);
+    return true;
   } catch (error) {
     // The socket keeps the status current; details come on the next change.
+    return false;
   }
 }
 
@@ -372,9 +374,10 @@ async function loadOrders() {
       if (fresh) {
         order.status = summary.status;
         order.reason = summary.reason;
+        // Shown once its history is here (fetchOrder renders it), so a
+        // timeline never appears half-empty; with the summary if that fails.
+        if (!(await fetchOrder(order.order_id))) renderOrder(order);
       }
-      renderOrder(order);
-      if (fresh) await fetchOrder(order.order_id);
     }
   } catch (error) {
     if (error.status === 401) return signOut("Your session has expired; please sign in again.");
@@ -392,9 +395,12 @@ function timelineSteps(order) {
   const reached = new Map(order.history.map((h) => [h.status, h]));
   reached.set(order.status, reached.get(order.status) || { status: order.status, reason: order.reason });
   const failed = ["COMPENSATING", "REJECTED", "FAILED"].some((s) => reached.has(s));
-  const steps = HAPPY_PATH.filter((s) => !failed || reached.has(s) || s === "PENDING").map((status) => ({
+  // Steps before the current one were passed even if their entries are
+  // not known yet (a summary without its history).
+  const at = HAPPY_PATH.indexOf(order.status);
+  const steps = HAPPY_PATH.filter((s) => !failed || reached.has(s) || s === "PENDING").map((status, i) => ({
     status,
-    entry: reached.get(status),
+    entry: reached.get(status) || (i <= at ? { status } : undefined),
   }));
   if (failed) {
     for (const status of ["COMPENSATING", "REJECTED", "FAILED"]) {

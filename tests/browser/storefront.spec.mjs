@@ -5,7 +5,10 @@
 //   1. add to cart, pay with the approving card: the order's timeline
 //      reaches CONFIRMED and the stock shown drops;
 //   2. pay with the declining card: the timeline reaches REJECTED with the
-//      reason, and the stock shown comes back.
+//      reason, and the stock shown comes back;
+//   3. the WebSocket is cut and kept from reconnecting while an order is
+//      placed and confirmed elsewhere: once it may, the page reconnects by
+//      itself and shows that order, CONFIRMED, with its whole timeline.
 //
 // Then it saves a screenshot to docs/storefront.png, stops the platform
 // and drops the database. Run with `node storefront.spec.mjs` (no test
@@ -181,6 +184,12 @@ async function main() {
     page.on("console", (message) => {
       if (message.type() === "error") failures.push(`console error: ${message.text()}`);
     });
+    // Every WebSocket goes through the test, so it can cut them.
+    const sockets = { blocked: false, open: [] };
+    await page.routeWebSocket(/\/ws$/, (route) => {
+      if (sockets.blocked) return route.close({ code: 1001, reason: "test: gateway away" });
+      sockets.open.push({ route, server: route.connectToServer() });
+    });
     await page.goto(`http://127.0.0.1:${ports.gateway}/`);
     await page.locator(`[data-product-id="${MUG}"] .stock[data-stock]`).waitFor();
     log("page loaded with the catalogue");
@@ -238,6 +247,47 @@ async function main() {
       `ok - scenario 2: timeline … → REJECTED (payment declined); stock shown back at ${before2}` +
         (lowest < before2 ? ` (the page showed the reservation: ${lowest})` : " (the reservation was too brief to be shown)"),
     );
+
+    // Scenario 3: reconnect and catch up.
+    const before3 = await shownStock(page, MUG);
+    sockets.blocked = true;
+    for (const { route, server } of sockets.open.splice(0)) {
+      server.close();
+      route.close({ code: 1001, reason: "test: gateway away" });
+    }
+    await waitUntil("the page to notice", async () => (await page.locator("#connection").getAttribute("data-state")) !== "live");
+    const { token } = await (await fetch(`http://127.0.0.1:${ports.gateway}/dev/token`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ customer: "alice" }),
+    })).json();
+    const placed = await (await fetch(`http://127.0.0.1:${ports.order}/orders`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ items: [{ product_id: MUG, quantity: 1 }], payment_token: "tok_visa" }),
+    })).json();
+    await waitUntil("the offline order to be confirmed", async () => {
+      const response = await fetch(`http://127.0.0.1:${ports.order}/orders/${placed.order_id}`, { headers: { authorization: `Bearer ${token}` } });
+      return (await response.json()).status === "CONFIRMED";
+    });
+    assert.equal(await page.locator(`[data-order-id="${placed.order_id}"]`).count(), 0, "not shown while offline");
+    log(`scenario 3: socket cut; order ${placed.order_id} placed and confirmed meanwhile`);
+    sockets.blocked = false;
+    await waitUntil("the page to reconnect by itself", async () => (await page.locator("#connection").getAttribute("data-state")) === "live");
+    await waitUntil("the missed order, CONFIRMED", async () => (await page.locator(`[data-order-id="${placed.order_id}"]`).getAttribute("data-status")) === "CONFIRMED");
+    // Every step with the time it happened: the history was caught up, not guessed.
+    const steps3 = await waitUntil("the missed order's timeline with times", async () => {
+      const steps = await timeline(page, placed.order_id);
+      return steps.every((s) => /\d:\d\d/.test(s.text)) && steps;
+    });
+    assert.deepEqual(
+      steps3.map((s) => [s.step, s.done]),
+      [["PENDING", true], ["INVENTORY_RESERVED", true], ["PAYMENT_AUTHORIZED", true], ["CONFIRMED", true]],
+      "the missed order's whole timeline",
+    );
+    await waitUntil(`the stock shown to drop to ${before3 - 1}`, async () => (await shownStock(page, MUG)) === before3 - 1);
+    known.add(placed.order_id);
+    log(`ok - scenario 3: reconnected by itself; the missed order shows CONFIRMED with its whole timeline; stock ${before3} → ${before3 - 1}`);
 
     // Something in the cart, so the picture shows the checkout too.
     await page.getByRole("button", { name: "Add Waxed canvas tote to cart" }).click();
