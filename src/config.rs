@@ -73,6 +73,14 @@ pub struct Settings {
     /// the order service of this process, or 127.0.0.1:ORDER_PORT.
     #[arg(long, env = "ORDER_URL", global = true)]
     pub order_url: Option<String>,
+    /// Base URL of the product service as a browser reaches it, for the
+    /// storefront page. Default: PRODUCT_URL, or as for PRODUCT_URL.
+    #[arg(long, env = "PUBLIC_PRODUCT_URL", global = true)]
+    pub public_product_url: Option<String>,
+    /// Base URL of the order service as a browser reaches it, for the
+    /// storefront page. Default: ORDER_URL, or as for ORDER_URL.
+    #[arg(long, env = "PUBLIC_ORDER_URL", global = true)]
+    pub public_order_url: Option<String>,
     /// How often the gateway pings each WebSocket client, in seconds.
     #[arg(long, env = "WS_PING_SECONDS", default_value_t = 20, global = true)]
     pub ws_ping_seconds: u64,
@@ -187,6 +195,8 @@ impl Settings {
         settings.kafka_brokers = None;
         settings.product_url = None;
         settings.order_url = None;
+        settings.public_product_url = None;
+        settings.public_order_url = None;
         settings.database_url = "postgres://postgres@127.0.0.1:5432/shop".into();
         settings.redis_url = "redis://127.0.0.1:6379".into();
         settings.redis_prefix = "shop".into();

@@ -80,6 +80,39 @@ pub struct Addresses {
     pub gateway: Option<SocketAddr>,
 }
 
+/// Where the storefront page (served by the gateway) finds the product and
+/// order services from a browser: the public URLs if set, else the URLs the
+/// services use among themselves, else this process's own services on
+/// 127.0.0.1, which is right for `cargo run` on a developer's machine.
+fn storefront_config(
+    settings: &Settings,
+    addresses: &Addresses,
+    keys: &crate::auth::KeySource,
+) -> http::storefront::StorefrontConfig {
+    let url =
+        |public: &Option<String>, internal: &Option<String>, here: Option<SocketAddr>, port| {
+            public
+                .clone()
+                .or_else(|| internal.clone())
+                .unwrap_or_else(|| format!("http://127.0.0.1:{}", here.map_or(port, |a| a.port())))
+        };
+    http::storefront::StorefrontConfig {
+        product_url: url(
+            &settings.public_product_url,
+            &settings.product_url,
+            addresses.product,
+            settings.product_port,
+        ),
+        order_url: url(
+            &settings.public_order_url,
+            &settings.order_url,
+            addresses.order,
+            settings.order_port,
+        ),
+        dev_tokens: matches!(keys, crate::auth::KeySource::Development { .. }),
+    }
+}
+
 /// A running platform (one service or all four).
 pub struct Platform {
     /// Where the services listen.
@@ -185,6 +218,8 @@ impl Platform {
             let routes = http::product::routes(product.catalog, auth.clone())
                 .or(http::health::routes(readiness.clone()))
                 .unify();
+            // The storefront page, served by the gateway, calls it from a browser.
+            let routes = http::cors::allow_browsers(routes);
             let addr = platform
                 .listen(
                     "product",
@@ -227,6 +262,7 @@ impl Platform {
                 .unify()
                 .or(http::health::routes(readiness.clone()))
                 .unify();
+            let routes = http::cors::allow_browsers(routes);
             let addr = platform
                 .listen(
                     "order",
@@ -253,8 +289,15 @@ impl Platform {
                     queue_limit: settings.ws_queue_limit.max(1),
                 },
             };
+            let storefront = http::storefront::routes(
+                storefront_config(settings, &platform.addresses, &keys),
+                auth.clone(),
+            )
+            .map_err(|e| StartupError::Config(e.to_string()))?;
             let gateway = shop_actors::gateway::start(&infra, &config).await?;
             let routes = http::gateway::routes(gateway.gateway.clone(), auth.clone())
+                .or(storefront)
+                .unify()
                 .or(http::health::routes(readiness.clone()))
                 .unify();
             let addr = platform

@@ -285,11 +285,13 @@ async fn publish(
         // Enqueued now, not when the future is first polled: `send` would
         // only hand the message to librdkafka once awaited.
         let (key, payload) = (envelope.key(), envelope.encode());
-        let queued = producer.send_result(
-            FutureRecord::to(topics::ORDER_EVENTS)
-                .key(&key)
-                .payload(&payload),
-        );
+        let queued = producer
+            .send_result(
+                FutureRecord::to(topics::ORDER_EVENTS)
+                    .key(&key)
+                    .payload(&payload),
+            )
+            .map_err(|(error, _)| error);
         sends.push(async move {
             match queued {
                 Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),

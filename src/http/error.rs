@@ -180,6 +180,9 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
             "method_not_allowed",
             "method not allowed on this resource".into(),
         )
+    } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
+        // A preflight asking for a method or header the services do not take.
+        (StatusCode::FORBIDDEN, "forbidden", e.to_string())
     } else if let Some(e) = rejection.find::<MissingHeader>() {
         (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
     } else if let Some(e) = rejection.find::<InvalidHeader>() {

@@ -1,13 +1,16 @@
 //! HTTP for every service: the filters shared by all (JSON bodies with a
-//! size limit, health and readiness, `/metrics`), one module of routes per
-//! service, and the server loop with graceful shutdown and request metrics.
+//! size limit, health and readiness, `/metrics`, CORS), one module of routes
+//! per service (the gateway's storefront page included), and the server
+//! loop with graceful shutdown and request metrics.
 
 pub mod admin;
+pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod order;
 pub mod product;
+pub mod storefront;
 
 use error::ApiError;
 use serde::de::DeserializeOwned;

@@ -14,6 +14,7 @@ mod placement;
 mod redelivery;
 mod redis_outage;
 mod saga;
+mod storefront;
 mod subscriptions;
 mod trace_propagation;
 mod websocket;
