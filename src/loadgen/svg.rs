@@ -18,6 +18,8 @@ const HEIGHT: f64 = 570.0;
 struct Line<'a> {
     name: &'a str,
     colour: &'a str,
+    /// Dashed, so a line it often covers (max over p99) stays visible.
+    dashed: bool,
     values: Vec<f64>,
 }
 
@@ -29,16 +31,19 @@ pub fn render(report: &Report) -> String {
         Line {
             name: "p50",
             colour: "#1f77b4",
+            dashed: false,
             values: series.iter().map(|s| s.p50_ms).collect(),
         },
         Line {
             name: "p99",
             colour: "#ff7f0e",
+            dashed: false,
             values: series.iter().map(|s| s.p99_ms).collect(),
         },
         Line {
             name: "max",
             colour: "#d62728",
+            dashed: true,
             values: series.iter().map(|s| s.max_ms).collect(),
         },
     ];
@@ -46,21 +51,25 @@ pub fn render(report: &Report) -> String {
         Line {
             name: "sent/s",
             colour: "#7f7f7f",
+            dashed: false,
             values: series.iter().map(|s| s.sent as f64).collect(),
         },
         Line {
             name: "final/s",
             colour: "#2ca02c",
+            dashed: false,
             values: series.iter().map(|s| s.finished as f64).collect(),
         },
         Line {
             name: "confirmed/s",
             colour: "#9467bd",
+            dashed: false,
             values: series.iter().map(|s| s.confirmed as f64).collect(),
         },
         Line {
             name: "errors/s",
             colour: "#d62728",
+            dashed: false,
             values: series.iter().map(|s| s.errors as f64).collect(),
         },
     ];
@@ -173,8 +182,13 @@ fn panel(svg: &mut String, top: f64, title: &str, lines: &[Line<'_>], seconds: u
         if !points.is_empty() {
             let _ = writeln!(
                 svg,
-                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.5"{} points="{}"/>"#,
                 line.colour,
+                if line.dashed {
+                    r#" stroke-dasharray="6 3""#
+                } else {
+                    ""
+                },
                 points.join(" ")
             );
         }
