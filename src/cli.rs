@@ -61,6 +61,13 @@ pub enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl_seconds: u64,
     },
+    /// The load harness: places orders at a fixed rate (open loop) or
+    /// concurrency (closed loop), follows each to its final status over a
+    /// WebSocket, and reports latency, throughput and errors (summary on
+    /// stdout, `--out` JSON, `--svg` chart). `--embedded` runs the platform
+    /// in this process; otherwise `--order-url`, `--product-url` and
+    /// `--gateway-url` say where it is.
+    Loadgen(crate::loadgen::LoadgenArgs),
     /// Inspect or replay the dead-letter topic, where consumers put the
     /// messages they cannot handle. Needs KAFKA_BROKERS.
     Dlq {
@@ -122,7 +129,12 @@ impl ReplayArgs {
 /// Parses the command line and runs it.
 pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry = crate::telemetry::init(cli.settings.log_format);
+    let telemetry = match cli.command {
+        Some(Command::Loadgen(_)) => {
+            crate::telemetry::init_with_default_filter(cli.settings.log_format, "warn")
+        }
+        _ => crate::telemetry::init(cli.settings.log_format),
+    };
     let result = run_command(cli).await;
     // Spans still queued for the exporter are sent before the process exits.
     telemetry.shutdown().await;
@@ -179,6 +191,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             println!("{json}");
             return Ok(());
         }
+        Command::Loadgen(args) => return loadgen(&cli.settings, &args).await,
         Command::Token {
             customer,
             admin,
@@ -215,6 +228,21 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             anyhow::bail!("the {service} service stopped unexpectedly; exiting so it can be restarted")
         }
     }
+}
+
+/// Runs `shop loadgen` and prints its summary.
+async fn loadgen(settings: &Settings, args: &crate::loadgen::LoadgenArgs) -> anyhow::Result<()> {
+    let (target, options) = args.resolve(settings)?;
+    let report = crate::loadgen::run(target, &options)
+        .await
+        .context("load test")?;
+    print!("{}", report.summary());
+    for (what, path) in [("result", &options.out), ("chart", &options.svg)] {
+        if let Some(path) = path {
+            println!("  {what:<10} {}", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// Runs a `shop dlq` subcommand against the brokers in `settings`.

@@ -57,12 +57,22 @@ impl Telemetry {
 /// Installs the global subscriber; later calls do nothing (tests call it
 /// once per test).
 pub fn init(format: LogFormat) -> Telemetry {
+    init_with_default_filter(format, DEFAULT_FILTER)
+}
+
+/// What is logged when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,rdkafka=warn,librdkafka=warn,warp=warn,hyper=warn";
+
+/// [`init`] with another filter for when `RUST_LOG` is unset: `shop loadgen`
+/// logs only warnings by default, since an embedded platform's per-order
+/// lines would cost CPU and bury the progress display.
+pub fn init_with_default_filter(format: LogFormat, default_filter: &str) -> Telemetry {
     let mut telemetry = Telemetry { exporting: None };
-    INIT.call_once(|| telemetry = install(format));
+    INIT.call_once(|| telemetry = install(format, default_filter));
     telemetry
 }
 
-fn install(format: LogFormat) -> Telemetry {
+fn install(format: LogFormat, default_filter: &str) -> Telemetry {
     let endpoint_set = ENDPOINT_VARS
         .iter()
         .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()));
@@ -94,9 +104,7 @@ fn install(format: LogFormat) -> Telemetry {
         .with_filter(filter_fn(move |meta| {
             ours(meta) && (meta.is_span() || exporting)
         }));
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,rdkafka=warn,librdkafka=warn,warp=warn,hyper=warn")
-    });
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Our spans are logged whatever RUST_LOG says, so that a line that is
     // logged always shows the trace and order it belongs to.
     let logged = env.or(filter_fn(|meta| meta.is_span() && ours(meta)));

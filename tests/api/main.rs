@@ -10,6 +10,7 @@ mod dead_letters;
 mod deadlines;
 mod helpers;
 mod idempotency;
+mod loadgen;
 mod placement;
 mod redelivery;
 mod redis_outage;

@@ -120,15 +120,18 @@ impl KafkaSettings {
                     let metadata = client.fetch_metadata(Some(topic), timeout).ok()?;
                     let mut size = 0;
                     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-                        let (low, high) =
-                            client.fetch_watermarks(topic, partition.id(), timeout).ok()?;
+                        let (low, high) = client
+                            .fetch_watermarks(topic, partition.id(), timeout)
+                            .ok()?;
                         size += high - low;
                     }
                     Some(size)
                 })
                 .await;
                 if let Ok(Some(size)) = size {
-                    crate::metrics::metrics().dead_letter_topic_messages.set(size);
+                    crate::metrics::metrics()
+                        .dead_letter_topic_messages
+                        .set(size);
                 }
             }
         })
@@ -320,7 +323,11 @@ mod tests {
         let gauge = &crate::metrics::metrics().dead_letter_topic_messages;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while gauge.get() != 3 {
-            assert!(tokio::time::Instant::now() < deadline, "gauge at {}", gauge.get());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gauge at {}",
+                gauge.get()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         watch.abort();
