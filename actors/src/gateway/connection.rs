@@ -38,6 +38,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
+/// How long a closed connection waits for the client's side of the closing
+/// handshake before dropping the socket. Dropping it at once would let the
+/// client's next write (a pong, its own close) be answered with a reset,
+/// which on most systems discards the close frame still unread at the client.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// How connections behave; the same for all.
 #[derive(Debug, Clone, Copy)]
@@ -201,9 +206,9 @@ impl Actor for WsConnection {
                     Ok(request) => ConnectionMsg::Request(request),
                     Err(e) => ConnectionMsg::Invalid(e.to_string()),
                 };
-                if me.send_message(message).is_err() {
-                    return;
-                }
+                // Once the actor has stopped this fails; reading goes on so
+                // that the client's closing handshake is seen (see post_stop).
+                let _ = me.send_message(message);
             }
             let _ = me.send_message(ConnectionMsg::ClientGone);
         });
@@ -315,13 +320,19 @@ impl Actor for WsConnection {
         if let Some(ticker) = state.ticker.take() {
             ticker.abort();
         }
-        state.reader.abort();
         if !state.closed {
             // Stopped by the server (a shutdown), not by the client.
             let frame = Message::close_with(CLOSE_GOING_AWAY, "server shutting down");
             let _ = tokio::time::timeout(SEND_TIMEOUT, state.sink.send(frame)).await;
         }
         let _ = tokio::time::timeout(SEND_TIMEOUT, state.sink.close()).await;
+        // The reader ends when the client answers the close or goes away.
+        if tokio::time::timeout(CLOSE_LINGER, &mut state.reader)
+            .await
+            .is_err()
+        {
+            state.reader.abort();
+        }
         Ok(())
     }
 }
