@@ -157,6 +157,26 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     }
 }
 
+/// Drops the database named in `url`, disconnecting whoever is still
+/// connected to it (tools and tests that made a database for one run).
+pub async fn drop_database(url: &str) -> Result<(), DbError> {
+    let config = parse_url(url)?;
+    let Some(dbname) = config.get_dbname().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = config;
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await?;
+    let conn = tokio::spawn(connection);
+    let quoted = format!("\"{}\"", dbname.replace('"', "\"\""));
+    let result = client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .await;
+    drop(client);
+    let _ = conn.await;
+    Ok(result?)
+}
+
 /// Builds a connection pool of at most `size` connections.
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
     let mut config = parse_url(url)?;

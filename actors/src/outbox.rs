@@ -94,6 +94,11 @@ impl OutboxNotifier {
 /// Publishes one schema's outbox to Kafka.
 pub struct OutboxRelay;
 
+/// How often the backlog metrics are read: often enough for a dashboard,
+/// rarely enough that the poll (every `OUTBOX_POLL_MS`, 50 ms by default)
+/// does not add a counting query to every round.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
 /// Start-up arguments of an [`OutboxRelay`].
 pub struct RelayArgs {
     /// The service's pool.
@@ -112,6 +117,8 @@ pub struct RelayState {
     args: RelayArgs,
     /// Shared with every [`OutboxNotifier`].
     queued: Arc<AtomicBool>,
+    /// When the backlog metrics were last read.
+    backlog_read: Option<std::time::Instant>,
     /// Advisory-lock key: one relay per schema publishes at a time, across
     /// processes, so each order's events reach Kafka in commit order.
     lock_key: i64,
@@ -145,6 +152,7 @@ impl Actor for OutboxRelay {
         Ok(RelayState {
             args,
             queued: Arc::new(AtomicBool::new(false)),
+            backlog_read: None,
             lock_key,
             ticker: Some(ticker),
         })
@@ -166,8 +174,14 @@ impl Actor for OutboxRelay {
             RelayMsg::Tick => {
                 // What notifications did not publish shows here, before this
                 // round publishes it.
-                if let Err(error) = measure_backlog(state).await {
-                    tracing::debug!(schema = state.args.schema, %error, "outbox backlog not measured");
+                if state
+                    .backlog_read
+                    .is_none_or(|read| read.elapsed() >= BACKLOG_EVERY)
+                {
+                    state.backlog_read = Some(std::time::Instant::now());
+                    if let Err(error) = measure_backlog(state).await {
+                        tracing::debug!(schema = state.args.schema, %error, "outbox backlog not measured");
+                    }
                 }
                 myself.send_message(RelayMsg::Publish)?;
             }

@@ -69,6 +69,17 @@ impl RunningService {
     }
 }
 
+/// The HTTP client one service uses to call another (the order service
+/// pricing with the product service, the gateway reading orders): short
+/// timeouts, so a slow peer is an error the caller can answer, not a hang.
+pub fn peer_client(base_url: &str) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap_or_default();
+    (http, base_url.trim_end_matches('/').to_owned())
+}
+
 /// Starts the outbox relay of `schema` under `supervisor`; returns the
 /// notifier writers use to wake it.
 pub async fn start_relay(

@@ -161,7 +161,7 @@ impl Target {
             platform.shutdown().await;
         }
         if let Some((url, name)) = self.drop_database.take() {
-            if let Err(error) = drop_database(&url, &name).await {
+            if let Err(error) = shop_actors::db::drop_database(&url).await {
                 tracing::warn!(database = %name, %error, "could not drop the load test database");
             }
         }
@@ -197,26 +197,6 @@ pub fn websocket_url(url: &str) -> String {
     } else {
         url.to_owned()
     }
-}
-
-async fn drop_database(url: &str, name: &str) -> Result<(), LoadgenError> {
-    let fail = |e: String| LoadgenError::Setup(format!("dropping {name}: {e}"));
-    let mut config = shop_actors::db::parse_url(url).map_err(|e| fail(e.to_string()))?;
-    config.dbname("postgres");
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let connection = tokio::spawn(connection);
-    let result = client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            name.replace('"', "\"\"")
-        ))
-        .await;
-    drop(client);
-    let _ = connection.await;
-    result.map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]

@@ -186,17 +186,8 @@ impl TestApp {
             platform.shutdown().await;
         }
         drop(self.db);
-        if let Ok((admin, connection)) =
-            tokio_postgres::connect(&format!("{}/postgres", postgres_base()), NoTls).await
-        {
-            tokio::spawn(connection);
-            let _ = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.db_name
-                ))
-                .await;
-        }
+        let url = format!("{}/{}", postgres_base(), self.db_name);
+        let _ = shop_actors::db::drop_database(&url).await;
     }
 
     /// The Kafka bootstrap servers of this app's broker.

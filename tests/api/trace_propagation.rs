@@ -436,14 +436,5 @@ async fn with_an_otlp_endpoint_the_order_is_one_trace_across_every_service() {
     }
 
     let _ = std::fs::remove_file(&log_path);
-    if let Ok((admin, connection)) =
-        tokio_postgres::connect(&format!("{postgres}/postgres"), tokio_postgres::NoTls).await
-    {
-        tokio::spawn(connection);
-        let _ = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-            ))
-            .await;
-    }
+    let _ = shop_actors::db::drop_database(&format!("{postgres}/{db_name}")).await;
 }

@@ -40,24 +40,15 @@ impl TestDatabase {
 
     /// Drops it, disconnecting whoever is still connected.
     pub async fn drop_database(&self) {
-        let Ok(Ok((admin, connection))) = tokio::time::timeout(
+        let dropped = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_postgres::connect(&format!("{}/postgres", server()), NoTls),
+            shop_actors::db::drop_database(&self.url),
         )
-        .await
-        else {
-            eprintln!("could not connect to drop database {}", self.name);
-            return;
-        };
-        tokio::spawn(connection);
-        if let Err(error) = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .await
-        {
-            eprintln!("could not drop database {}: {error}", self.name);
+        .await;
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("could not drop database {}: {error}", self.name),
+            Err(_) => eprintln!("could not drop database {}: timed out", self.name),
         }
     }
 }

@@ -5,7 +5,6 @@
 //! customer asking for another's order gets 404, exactly like a missing one).
 
 use crate::order::model::OrderView;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Why an order could not be read.
@@ -30,14 +29,8 @@ pub struct OrderLookup {
 impl OrderLookup {
     /// A client for the order service at `base_url`.
     pub fn new(base_url: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .unwrap_or_default();
-        Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-        }
+        let (http, base_url) = crate::service::peer_client(base_url);
+        Self { http, base_url }
     }
 
     /// The order as `token`'s holder may see it; `None` if it does not

@@ -5,7 +5,6 @@
 //! written.
 
 use crate::product::Product;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Why the catalogue could not be read.
@@ -24,14 +23,8 @@ pub struct ProductClient {
 impl ProductClient {
     /// A client for the product service at `base_url`.
     pub fn new(base_url: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .unwrap_or_default();
-        Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-        }
+        let (http, base_url) = crate::service::peer_client(base_url);
+        Self { http, base_url }
     }
 
     /// The products with these ids; unknown ids are absent from the answer.
