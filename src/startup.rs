@@ -172,6 +172,7 @@ impl Platform {
         kafka.partitions = settings.kafka_partitions;
         kafka.replication = settings.kafka_replication;
         kafka.session_timeout = Duration::from_millis(settings.kafka_session_timeout_ms);
+        kafka.fetch_wait = Duration::from_millis(settings.kafka_fetch_wait_ms.max(1));
         if broker.is_none() {
             kafka.ensure_topics(&topics::ALL).await?;
         }

@@ -64,16 +64,19 @@ pub struct Outcomes {
     pub elapsed: Duration,
 }
 
-/// Runs `plan` with `client`, watching final statuses on `socket`.
+/// Runs `plan` with `client`, watching final statuses on `sockets`.
 pub async fn drive(
     plan: &Plan,
     client: Arc<OrderClient>,
-    socket: ws::Socket,
+    sockets: Vec<ws::Socket>,
 ) -> Result<Outcomes, LoadgenError> {
     let recorder = Recorder::new()?;
     let live = Arc::new(Live::default());
     let (events, events_rx) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(ws::read(socket, events.clone()));
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| tokio::spawn(ws::read(socket, events.clone())))
+        .collect();
     let start = Instant::now();
     let started_at = chrono::Utc::now();
     let tracker = tokio::spawn(tracker::run(
@@ -109,7 +112,9 @@ pub async fn drive(
         .await
         .map_err(|e| LoadgenError::Setup(format!("the tracker task failed: {e}")))?;
     let elapsed = start.elapsed();
-    reader.abort();
+    for reader in readers {
+        reader.abort();
+    }
     let _ = stop_progress.send(true);
     let _ = progress.await;
     Ok(Outcomes {

@@ -264,6 +264,34 @@ pub async fn run(spec: TargetSpec, options: &Options) -> Result<Report, LoadgenE
     Ok(report)
 }
 
+/// Opens the WebSockets that bring final statuses. With tokens it signs,
+/// the harness follows each simulated customer on a connection of its own
+/// (`{"type":"subscribe","scope":"mine"}`), so the updates of a heavy run
+/// are spread over many connections, as real clients' are, and no single
+/// connection's queue in the gateway (`WS_QUEUE_LIMIT`) bounds the run.
+/// With only an admin token (`--admin-token`) it cannot act as each
+/// customer, so one admin connection follows every order (`scope: all`).
+async fn follow(
+    target: &target::Target,
+    admin: &str,
+    client: &OrderClient,
+) -> Result<Vec<ws::Socket>, LoadgenError> {
+    use futures::{StreamExt, TryStreamExt};
+    if matches!(target.credentials, target::Credentials::AdminToken(_)) {
+        return Ok(vec![ws::connect(&target.gateway_url, admin, "all").await?]);
+    }
+    // In customer order (`buffered`, not `buffer_unordered`): the first
+    // socket must be customer 0's, who places the warm-up order.
+    futures::stream::iter(&client.customers)
+        .map(|customer| ws::connect(&target.gateway_url, &customer.token, "mine"))
+        .buffered(CONNECT_PARALLELISM)
+        .try_collect()
+        .await
+}
+
+/// WebSockets opened at once while setting up.
+const CONNECT_PARALLELISM: usize = 16;
+
 async fn load(target: &target::Target, options: &Options) -> Result<Report, LoadgenError> {
     let plan = &options.plan;
     let run_length = match plan.length {
@@ -296,15 +324,19 @@ async fn load(target: &target::Target, options: &Options) -> Result<Report, Load
         customers,
         catalogue,
     });
-    let mut socket = ws::connect(&target.gateway_url, &admin).await?;
+    let mut sockets = follow(target, &admin, &client).await?;
 
     // One order through the whole saga before the clock starts: consumer
-    // groups join, connections open, caches fill.
+    // groups join, connections open, caches fill. Order 0 is customer 0's,
+    // whom the first socket follows (or the only one, an admin's).
     let warmup = client
         .place(Outcome::Confirm, 0)
         .await
         .map_err(|kind| LoadgenError::Warmup(format!("placing the warm-up order: {kind}")))?;
-    let status = ws::wait_final(&mut socket, warmup, WARMUP_TIMEOUT).await?;
+    let first = sockets
+        .first_mut()
+        .ok_or_else(|| LoadgenError::WebSocket("no connection".into()))?;
+    let status = ws::wait_final(first, warmup, WARMUP_TIMEOUT).await?;
     if status.status != "CONFIRMED" {
         return Err(LoadgenError::Warmup(format!(
             "the warm-up order ended {} ({})",
@@ -313,7 +345,7 @@ async fn load(target: &target::Target, options: &Options) -> Result<Report, Load
         )));
     }
 
-    let outcomes = driver::drive(plan, client, socket).await?;
+    let outcomes = driver::drive(plan, client, sockets).await?;
     let config = report::RunConfig {
         mode: match plan.load {
             Load::Open { .. } => "open",

@@ -1,7 +1,9 @@
-//! The harness's WebSocket client: one admin connection to the gateway
-//! subscribed to every order (`{"type":"subscribe","scope":"all"}`), whose
-//! reader turns each final `update` frame into an [`Event::Final`], stamped
-//! with the time it was read.
+//! The harness's WebSocket clients: one connection to the gateway per
+//! simulated customer, subscribed to that customer's orders
+//! (`{"type":"subscribe","scope":"mine"}`), or a single admin connection
+//! subscribed to every order (`scope: all`). Each one's reader turns every
+//! final `update` frame into an [`Event::Final`], stamped with the time it
+//! was read.
 
 use super::tracker::Event;
 use super::LoadgenError;
@@ -56,9 +58,10 @@ pub fn final_status(text: &str) -> Option<FinalStatus> {
     })
 }
 
-/// Connects to `gateway_url` (`ws://host:port`) with `admin_token` and
-/// subscribes to every order; returns once the gateway says `subscribed`.
-pub async fn connect(gateway_url: &str, admin_token: &str) -> Result<Socket, LoadgenError> {
+/// Connects to `gateway_url` (`ws://host:port`) with `token` and subscribes
+/// to `scope` (`mine`, or `all` for an admin); returns once the gateway
+/// says `subscribed`.
+pub async fn connect(gateway_url: &str, token: &str, scope: &str) -> Result<Socket, LoadgenError> {
     let url = format!("{}/ws", gateway_url.trim_end_matches('/'));
     let lost = |why: String| LoadgenError::WebSocket(format!("{url}: {why}"));
     let mut request = url
@@ -67,7 +70,7 @@ pub async fn connect(gateway_url: &str, admin_token: &str) -> Result<Socket, Loa
         .map_err(|e| lost(e.to_string()))?;
     request.headers_mut().insert(
         "authorization",
-        format!("Bearer {admin_token}")
+        format!("Bearer {token}")
             .parse()
             .map_err(|_| lost("the token is not a valid header".into()))?,
     );
@@ -75,7 +78,9 @@ pub async fn connect(gateway_url: &str, admin_token: &str) -> Result<Socket, Loa
         .await
         .map_err(|e| lost(e.to_string()))?;
     socket
-        .send(Message::text(r#"{"type":"subscribe","scope":"all"}"#))
+        .send(Message::text(
+            serde_json::json!({"type": "subscribe", "scope": scope}).to_string(),
+        ))
         .await
         .map_err(|e| lost(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);

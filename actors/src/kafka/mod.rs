@@ -23,6 +23,9 @@ pub use rebalance::{RebalanceListener, TopicPartition};
 /// well inside a consumer's session timeout, so its group survives.
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
+/// Default of [`KafkaSettings::fetch_wait`], in milliseconds.
+pub const DEFAULT_FETCH_WAIT_MS: u64 = 10;
+
 /// How to reach Kafka and how topics are laid out.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -34,6 +37,13 @@ pub struct KafkaSettings {
     pub replication: i32,
     /// How long a consumer that vanished without leaving keeps its partitions.
     pub session_timeout: Duration,
+    /// How long the broker may hold a fetch that finds no new message
+    /// (`fetch.wait.max.ms`). A real Kafka broker answers as soon as a
+    /// message arrives, so this only bounds idle polling there; the
+    /// embedded broker (librdkafka's mock) holds an empty fetch for the
+    /// whole wait even when a message arrives meanwhile, so against it
+    /// every hop pays half of this on average.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaSettings {
@@ -44,6 +54,7 @@ impl KafkaSettings {
             partitions: 6,
             replication: 1,
             session_timeout: Duration::from_secs(10),
+            fetch_wait: Duration::from_millis(DEFAULT_FETCH_WAIT_MS),
         }
     }
 
@@ -90,7 +101,10 @@ impl KafkaSettings {
                 "heartbeat.interval.ms",
                 (self.session_timeout.as_millis() / 4).max(100).to_string(),
             )
-            .set("fetch.wait.max.ms", "10")
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait.as_millis().clamp(1, 60_000).to_string(),
+            )
             .set("partition.assignment.strategy", "cooperative-sticky");
         config
     }

@@ -78,6 +78,9 @@ pub struct Orders {
     step_timeout: chrono::Duration,
     /// Which orders' sagas run here.
     placement: Arc<placement::Placement>,
+    /// Wakes the outbox relay once an order is committed, so its opening
+    /// messages leave now rather than at the relay's next poll.
+    outbox: crate::outbox::OutboxNotifier,
 }
 
 impl Orders {
@@ -217,6 +220,7 @@ impl Orders {
             }
         })
         .await??;
+        self.outbox.wake();
         tracing::info!(%order_id, total_cents, "order placed");
         // The order is durable; if this message is lost, the first reply
         // starts the saga from Postgres instead.
@@ -335,7 +339,7 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
         sagas::SagaSupervisor,
         sagas::SagasArgs {
             repo: repo.clone(),
-            outbox,
+            outbox: outbox.clone(),
             policy: config.policy,
             sweep_every: config.sweep_every,
             placement: placement.clone(),
@@ -374,6 +378,7 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
             step_timeout: chrono::Duration::from_std(config.policy.step_timeout)
                 .unwrap_or(chrono::Duration::MAX),
             placement,
+            outbox,
         },
     })
 }

@@ -220,58 +220,65 @@ async fn create(pool: Pool, order: NewOrder) -> Result<(), super::idempotency::P
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .await?;
-    tx.execute(
-        &insert,
-        &[
-            &saga.order_id,
-            &saga.customer_id,
-            &saga.status.as_str(),
-            &saga.total_cents,
-            &saga.currency,
-            &saga.payment_token,
-            &saga.correlation_id,
-            &saga.seq,
-            &saga.deadline_at,
-        ],
-    )
-    .await?;
-    let products: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
-    let names: Vec<&str> = order.items.iter().map(|i| i.name.as_str()).collect();
-    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
-    let prices: Vec<i64> = order.items.iter().map(|i| i.unit_price_cents).collect();
-    let items = tx
+    let items_insert = tx
         .prepare_cached(
             "INSERT INTO orders.order_items (order_id, product_id, name, quantity, unit_price_cents)
              SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])",
         )
         .await?;
-    tx.execute(
-        &items,
-        &[&saga.order_id, &products, &names, &quantities, &prices],
-    )
-    .await?;
     let history = tx
         .prepare_cached(
             "INSERT INTO orders.status_history (order_id, seq, status, reason) VALUES ($1, $2, $3, $4)",
         )
         .await?;
-    tx.execute(
-        &history,
-        &[
-            &saga.order_id,
-            &saga.seq,
-            &saga.status.as_str(),
-            &reason_str(saga.reason),
-        ],
-    )
-    .await?;
+    let products: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
+    let names: Vec<&str> = order.items.iter().map(|i| i.name.as_str()).collect();
+    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
+    let prices: Vec<i64> = order.items.iter().map(|i| i.unit_price_cents).collect();
     let mut opening = saga.opening_messages();
     // Made in this actor's task, outside the request's span: they belong
     // to the request's trace all the same.
     for message in &mut opening {
         message.trace = order.trace;
     }
-    outbox::append(&tx, SCHEMA, &opening).await?;
+    // The four writes in one round trip (tokio-postgres pipelines them, in
+    // this order); the first failure aborts the transaction.
+    let status = saga.status.as_str();
+    let reason = reason_str(saga.reason);
+    futures::try_join!(
+        async {
+            tx.execute(
+                &insert,
+                &[
+                    &saga.order_id,
+                    &saga.customer_id,
+                    &status,
+                    &saga.total_cents,
+                    &saga.currency,
+                    &saga.payment_token,
+                    &saga.correlation_id,
+                    &saga.seq,
+                    &saga.deadline_at,
+                ],
+            )
+            .await
+            .map_err(DbError::from)
+        },
+        async {
+            tx.execute(
+                &items_insert,
+                &[&saga.order_id, &products, &names, &quantities, &prices],
+            )
+            .await
+            .map_err(DbError::from)
+        },
+        async {
+            tx.execute(&history, &[&saga.order_id, &saga.seq, &status, &reason])
+                .await
+                .map_err(DbError::from)
+        },
+        outbox::append(&tx, SCHEMA, &opening),
+    )?;
     tx.commit().await?;
     Ok(())
 }
@@ -393,9 +400,6 @@ async fn advance(
 ) -> Result<Advance, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if !outbox::first_delivery(&tx, SCHEMA, event_id).await? {
-        return Ok(Advance::Duplicate);
-    }
     let update = tx
         .prepare_cached(
             "UPDATE orders.orders
@@ -403,21 +407,29 @@ async fn advance(
              WHERE id = $1 AND seq = $5 AND attempts = $8",
         )
         .await?;
-    let updated = tx
-        .execute(
-            &update,
-            &[
-                &next.order_id,
-                &next.status.as_str(),
-                &reason_str(next.reason),
-                &next.seq,
-                &from_seq,
-                &next.deadline_at,
-                &next.attempts,
-                &from_attempts,
-            ],
-        )
-        .await?;
+    // Both in one round trip (tokio-postgres pipelines them): whichever
+    // says no, returning rolls the transaction back, the other's write too.
+    let (first, updated) =
+        futures::try_join!(outbox::first_delivery(&tx, SCHEMA, event_id), async {
+            tx.execute(
+                &update,
+                &[
+                    &next.order_id,
+                    &next.status.as_str(),
+                    &reason_str(next.reason),
+                    &next.seq,
+                    &from_seq,
+                    &next.deadline_at,
+                    &next.attempts,
+                    &from_attempts,
+                ],
+            )
+            .await
+            .map_err(DbError::from)
+        },)?;
+    if !first {
+        return Ok(Advance::Duplicate);
+    }
     if updated == 0 {
         // Rolling back also forgets the event id, so it is processed again.
         return Ok(Advance::Stale);
@@ -436,12 +448,18 @@ async fn advance(
              SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[])",
         )
         .await?;
-    tx.execute(
-        &history,
-        &[&next.order_id, &seqs, &statuses, &reasons, &ats],
-    )
-    .await?;
-    outbox::append(&tx, SCHEMA, &messages).await?;
+    // The history rows and the outbox rows in one round trip.
+    futures::try_join!(
+        async {
+            tx.execute(
+                &history,
+                &[&next.order_id, &seqs, &statuses, &reasons, &ats],
+            )
+            .await
+            .map_err(DbError::from)
+        },
+        outbox::append(&tx, SCHEMA, &messages),
+    )?;
     tx.commit().await?;
     Ok(Advance::Applied)
 }

@@ -189,12 +189,25 @@ async fn set_stock(pool: Pool, id: Uuid, stock: i32) -> Result<Option<Product>, 
     Ok(row.as_ref().map(product_from))
 }
 
-async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, DbError> {
+/// Applies a batch of `inventory-commands` in one transaction: records its
+/// event ids (a redelivered one does nothing), reserves or releases stock
+/// for each new one, and appends the replies to the outbox. Returns the
+/// products whose stock moved. What the consumer's handler does through
+/// [`InventoryRepo`]; public for the benchmarks.
+pub async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Every id of the batch recorded in one round trip, in this transaction.
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+    let mut fresh = outbox::first_deliveries(&tx, SCHEMA, &ids).await?;
     let mut replies = Vec::with_capacity(batch.len());
     let mut touched = Vec::new();
     for envelope in &batch {
+        // `remove`: an id twice in one batch is applied once.
+        if !fresh.remove(&envelope.event_id) {
+            tracing::debug!(event_id = %envelope.event_id, "duplicate inventory command ignored");
+            continue;
+        }
         // Each command's work is its own span in its order's trace, though
         // the batch shares one transaction.
         let span = trace::process_span("product", envelope);
@@ -220,17 +233,12 @@ async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, D
     Ok(touched)
 }
 
-/// Takes every line of the order out of stock, or none of them.
-/// Applies one command in the batch's transaction; returns its reply, or
-/// nothing for a duplicate or a misrouted message.
+/// Applies one command, already recorded as processed, in the batch's
+/// transaction; returns its reply, or nothing for a misrouted message.
 async fn apply_command(
     tx: &Transaction<'_>,
     envelope: &Envelope,
 ) -> Result<Option<Event>, DbError> {
-    if !outbox::first_delivery(tx, SCHEMA, envelope.event_id).await? {
-        tracing::debug!(event_id = %envelope.event_id, "duplicate inventory command ignored");
-        return Ok(None);
-    }
     let reply = match &envelope.event {
         Event::ReserveInventory(command) => reserve(tx, envelope.order_id, &command.items).await?,
         Event::ReleaseInventory(command) => release(tx, envelope.order_id, command.reason).await?,
@@ -245,36 +253,38 @@ async fn apply_command(
     Ok(Some(reply))
 }
 
+/// Takes every line of the order out of stock, or none of them.
 async fn reserve(
     tx: &Transaction<'_>,
     order_id: Uuid,
     items: &[OrderLine],
 ) -> Result<Event, DbError> {
     // A second reserve for the same order (a replayed command with a new
-    // event id) must not take stock twice: answer with what is held.
-    let held = tx
-        .query(
-            "SELECT r.product_id, r.quantity, p.stock FROM product.reservations r
-             JOIN product.products p ON p.id = r.product_id
-             WHERE r.order_id = $1 AND r.status = 'RESERVED'",
-            &[&order_id],
+    // event id) must not take stock twice: answer with what is held. And an
+    // order whose stock was already given back (its saga compensated) never
+    // takes stock again, however late or often its reserve arrives. Both
+    // are asked in one round trip: held rows have a product, the tombstone
+    // (at most one) only a reason.
+    let before = tx
+        .prepare_cached(
+            "SELECT r.product_id, r.quantity, p.stock, NULL::text AS released
+             FROM product.reservations r JOIN product.products p ON p.id = r.product_id
+             WHERE r.order_id = $1 AND r.status = 'RESERVED'
+             UNION ALL
+             SELECT NULL, NULL, NULL, reason FROM product.released_orders WHERE order_id = $1",
         )
         .await?;
+    let before = tx.query(&before, &[&order_id]).await?;
+    let (held, released): (Vec<&Row>, Vec<&Row>) = before
+        .iter()
+        .partition(|row| row.get::<_, Option<Uuid>>(0).is_some());
     if !held.is_empty() {
         return Ok(Event::InventoryReserved(InventoryReserved {
-            items: held.iter().map(stock_level).collect(),
+            items: held.into_iter().map(stock_level).collect(),
         }));
     }
-    // An order whose stock was already given back (its saga compensated)
-    // never takes stock again, however late or often its reserve arrives.
-    let released = tx
-        .query_opt(
-            "SELECT reason FROM product.released_orders WHERE order_id = $1",
-            &[&order_id],
-        )
-        .await?;
-    if let Some(row) = released {
-        let reason: &str = row.get(0);
+    if let Some(row) = released.first() {
+        let reason: &str = row.get(3);
         return Ok(Event::InventoryRejected(InventoryRejected {
             reason: RejectReason::parse(reason).unwrap_or(RejectReason::Timeout),
             product_id: None,
@@ -287,12 +297,12 @@ async fn reserve(
     let quantities: Vec<i32> = lines.iter().map(|line| line.quantity).collect();
     // Lock the rows in id order, so concurrent reservations cannot deadlock,
     // and check every line before changing any.
-    let stock = tx
-        .query(
+    let lock = tx
+        .prepare_cached(
             "SELECT id, stock FROM product.products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
         )
         .await?;
+    let stock = tx.query(&lock, &[&ids]).await?;
     for line in &lines {
         let available = stock
             .iter()
@@ -318,8 +328,8 @@ async fn reserve(
             }));
         }
     }
-    let rows = tx
-        .query(
+    let take = tx
+        .prepare_cached(
             "WITH lines AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS l(product_id, quantity)),
              taken AS (
                  UPDATE product.products p SET stock = p.stock - l.quantity, updated_at = now()
@@ -331,9 +341,9 @@ async fn reserve(
                  SELECT $3, product_id, quantity, 'RESERVED' FROM lines
              )
              SELECT id, quantity, stock FROM taken",
-            &[&ids, &quantities, &order_id],
         )
         .await?;
+    let rows = tx.query(&take, &[&ids, &quantities, &order_id]).await?;
     Ok(Event::InventoryReserved(InventoryReserved {
         items: rows.iter().map(stock_level).collect(),
     }))
@@ -346,13 +356,15 @@ async fn release(
     order_id: Uuid,
     reason: RejectReason,
 ) -> Result<Event, DbError> {
-    tx.execute(
-        "INSERT INTO product.released_orders (order_id, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&order_id, &reason.as_str()],
-    )
-    .await?;
-    let rows = tx
-        .query(
+    let tombstone = tx
+        .prepare_cached(
+            "INSERT INTO product.released_orders (order_id, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&tombstone, &[&order_id, &reason.as_str()])
+        .await?;
+    let give_back = tx
+        .prepare_cached(
             "WITH released AS (
                  UPDATE product.reservations SET status = 'RELEASED', updated_at = now()
                  WHERE order_id = $1 AND status = 'RESERVED'
@@ -361,9 +373,9 @@ async fn release(
              UPDATE product.products p SET stock = p.stock + r.quantity, updated_at = now()
              FROM released r WHERE p.id = r.product_id
              RETURNING p.id, r.quantity, p.stock",
-            &[&order_id],
         )
         .await?;
+    let rows = tx.query(&give_back, &[&order_id]).await?;
     Ok(Event::InventoryReleased(InventoryReleased {
         items: rows.iter().map(stock_level).collect(),
     }))
