@@ -27,16 +27,14 @@ pub struct Settings {
     )]
     pub kafka_session_timeout_ms: u64,
     /// Longest wait of a consumer's fetch that finds nothing new
-    /// (`fetch.wait.max.ms`), in milliseconds. Against the embedded broker
-    /// (librdkafka's mock, which holds an empty fetch for the whole wait)
-    /// every hop pays about half of it, so keep it small there.
-    #[arg(
-        long,
-        env = "KAFKA_FETCH_WAIT_MS",
-        default_value_t = shop_actors::kafka::DEFAULT_FETCH_WAIT_MS,
-        global = true
-    )]
-    pub kafka_fetch_wait_ms: u64,
+    /// (`fetch.wait.max.ms`), in milliseconds. Default: 1 with the broker
+    /// embedded in this process, else 10. A real Kafka broker answers a
+    /// waiting fetch as soon as a message arrives, so there this only
+    /// bounds idle polling; the embedded broker (librdkafka's mock, also
+    /// what `shop broker` runs) holds an empty fetch for the whole wait, so
+    /// against it every hop pays about half of it.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", global = true)]
+    pub kafka_fetch_wait_ms: Option<u64>,
     /// Postgres URL; the database is created if missing.
     #[arg(
         long,
