@@ -216,6 +216,10 @@ impl KafkaSettings {
     }
 }
 
+/// Pause before each request to the embedded broker's thread at start-up
+/// (see [`EmbeddedBroker::start`]).
+const MOCK_REQUEST_PAUSE: Duration = Duration::from_millis(3);
+
 /// A Kafka-protocol broker inside this process (librdkafka's mock cluster),
 /// so the platform runs on a machine with no Kafka installed. Other processes
 /// reach it over TCP at [`EmbeddedBroker::bootstrap_servers`]. It keeps
@@ -250,6 +254,15 @@ impl EmbeddedBroker {
                     }
                 };
                 for topic in &topics {
+                    // A pause before each request to the mock's thread: it
+                    // serves its requests, then drains its wake-up pipe, so
+                    // a request made in between (the next topic, sent as
+                    // soon as the last one is answered) loses its wake-up
+                    // and waits for the thread's 1 s poll timeout
+                    // (librdkafka's `rd_kafka_mock_cluster_io_poll`). That
+                    // made start-up take 0 to 2 s more at random; a pause of
+                    // a few milliseconds lets the drain happen first.
+                    std::thread::sleep(MOCK_REQUEST_PAUSE);
                     if let Err(e) = cluster.create_topic(topic, partitions, 1) {
                         let _ = ready_tx.send(Err(e));
                         return;
