@@ -23,9 +23,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 use uuid::Uuid;
-use warp::ws::{Message, WebSocket};
+
+/// An upgraded client socket.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<warp::hyper::upgrade::Upgraded>>;
 
 /// Orders one connection may follow at once.
 pub const MAX_SUBSCRIPTIONS: usize = 1_000;
@@ -196,13 +202,12 @@ impl Actor for WsConnection {
         let reader = tokio::spawn(async move {
             while let Some(Ok(frame)) = stream.next().await {
                 seen.store(elapsed_ms(opened), Ordering::Relaxed);
-                if frame.is_close() {
-                    break;
-                }
-                let Ok(text) = frame.to_str() else {
-                    continue; // pings, pongs, binary: proof of life only
+                let text = match frame {
+                    Message::Close(_) => break,
+                    Message::Text(text) => text,
+                    _ => continue, // pings, pongs, binary: proof of life only
                 };
-                let message = match serde_json::from_str::<ClientMessage>(text) {
+                let message = match serde_json::from_str::<ClientMessage>(text.as_str()) {
                     Ok(request) => ConnectionMsg::Request(request),
                     Err(e) => ConnectionMsg::Invalid(e.to_string()),
                 };
@@ -292,7 +297,7 @@ impl Actor for WsConnection {
                 } else if !state.closed {
                     let ping = tokio::time::timeout(
                         SEND_TIMEOUT,
-                        state.sink.send(Message::ping(Vec::new())),
+                        state.sink.send(Message::Ping(Default::default())),
                     );
                     if !matches!(ping.await, Ok(Ok(()))) {
                         state.closed = true;
@@ -322,7 +327,7 @@ impl Actor for WsConnection {
         }
         if !state.closed {
             // Stopped by the server (a shutdown), not by the client.
-            let frame = Message::close_with(CLOSE_GOING_AWAY, "server shutting down");
+            let frame = close_frame(CLOSE_GOING_AWAY, "server shutting down");
             let _ = tokio::time::timeout(SEND_TIMEOUT, state.sink.send(frame)).await;
         }
         let _ = tokio::time::timeout(SEND_TIMEOUT, state.sink.close()).await;
@@ -610,8 +615,16 @@ async fn close(
 ) {
     if !state.closed {
         state.closed = true;
-        let frame = Message::close_with(code, reason);
+        let frame = close_frame(code, reason);
         let _ = tokio::time::timeout(SEND_TIMEOUT, state.sink.send(frame)).await;
     }
     myself.stop(Some(reason.into()));
+}
+
+/// A close frame with `code` and `reason`.
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }

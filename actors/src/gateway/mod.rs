@@ -28,11 +28,12 @@ use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
 use crate::service::{self, Infra, RunningService};
 use crate::supervisor::{self as sup, ChildKind};
 use crate::StartError;
+use connection::WebSocket;
 use connections::{ConnectionSupervisor, ConnectionsArgs, ConnectionsMsg};
 use hub::{Hub, HubMsg, StatusUpdate};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
-use warp::ws::WebSocket;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 pub use connection::ConnectionPolicy;
 pub use protocol::{ClientMessage, Scope, ServerMessage};
@@ -70,10 +71,54 @@ pub struct Gateway {
     connections: ActorRef<ConnectionsMsg>,
 }
 
+/// Largest frame or message a client may send (requests are tiny).
+pub const MAX_FRAME: usize = 4 * 1024;
+/// Bytes read from a client socket at a time. tungstenite reserves this
+/// much per connection up front (128 KiB by default, most of an idle
+/// connection's memory); client requests are a few hundred bytes, and a
+/// larger frame still arrives, only in more reads.
+const READ_BUFFER: usize = 1024;
+
 impl Gateway {
+    /// Finishes a WebSocket upgrade the HTTP layer accepted (it answered
+    /// `101 Switching Protocols`): once the connection is handed over, it
+    /// gets its connection actor. Runs in its own task, so the response is
+    /// sent first.
+    pub fn upgrade(
+        &self,
+        on_upgrade: warp::hyper::upgrade::OnUpgrade,
+        principal: Principal,
+        token: String,
+        initial: Option<ClientMessage>,
+    ) {
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                // Write each push as it comes: they are small, and latency counts.
+                .write_buffer_size(0)
+                .max_message_size(Some(MAX_FRAME))
+                .max_frame_size(Some(MAX_FRAME));
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            gateway.open(socket, principal, token, initial);
+        });
+    }
+
     /// Gives an upgraded socket of `principal` its connection actor, with
     /// an optional first request.
-    pub fn open(
+    fn open(
         &self,
         socket: WebSocket,
         principal: Principal,
