@@ -11,6 +11,7 @@ mod deadlines;
 mod helpers;
 mod idempotency;
 mod loadgen;
+mod order_history;
 mod placement;
 mod redelivery;
 mod redis_outage;

@@ -108,7 +108,10 @@ async fn bad_websocket_query_is_a_json_400() {
     assert_eq!(plain.status(), 400);
     let body: serde_json::Value = plain.json().await.unwrap();
     assert_eq!(body["error"], "bad_request");
-    assert!(body["message"].as_str().unwrap().contains("Upgrade"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("Upgrade"),
+        "{body}"
+    );
     let old = app
         .http
         .get(&url)
@@ -121,6 +124,9 @@ async fn bad_websocket_query_is_a_json_400() {
         .unwrap();
     assert_eq!(old.status(), 400);
     let body: serde_json::Value = old.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("version"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("version"),
+        "{body}"
+    );
     app.teardown().await;
 }

@@ -12,10 +12,9 @@
 //! [`protocol`]: super::protocol
 
 use super::hub::{HubMsg, StatusUpdate, Topic};
-use super::orders::{LookupError, OrderLookup};
+use super::orders::{Known, LookupError, OrderLookup};
 use super::protocol::{ClientMessage, Scope, ServerMessage};
 use crate::auth::Principal;
-use crate::order::model::OrderView;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
@@ -177,7 +176,7 @@ pub enum ConnectionMsg {
         /// Resume after this sequence number instead of a snapshot.
         last_seq: Option<i32>,
         /// The order, if the client may see it.
-        result: Result<Option<OrderView>, LookupError>,
+        result: Result<Option<Known>, LookupError>,
     },
     /// Time to ping, and to check the client is still there.
     Tick,
@@ -384,13 +383,14 @@ async fn request_received(
                     connection: handle_of(myself, state),
                     topic: Topic::Order(order_id),
                 });
-                let (lookup, token, me) = (
+                let (lookup, principal, token, me) = (
                     state.args.lookup.clone(),
+                    state.args.principal.clone(),
                     state.args.token.clone(),
                     myself.clone(),
                 );
                 tokio::spawn(async move {
-                    let result = lookup.get(order_id, &token).await;
+                    let result = lookup.get(order_id, &principal, &token, last_seq).await;
                     let _ = me.send_message(ConnectionMsg::Looked {
                         order_id,
                         last_seq,
@@ -471,22 +471,22 @@ fn scope_topic(principal: &Principal, scope: Scope) -> Result<Topic, ServerMessa
     }
 }
 
-/// The order service answered a subscription: send the snapshot (or the
+/// The lookup answered a subscription: send the snapshot (or the
 /// missed updates), then whatever arrived meanwhile.
 async fn looked(
     myself: &ActorRef<ConnectionMsg>,
     state: &mut ConnectionState,
     order_id: Uuid,
     last_seq: Option<i32>,
-    result: Result<Option<OrderView>, LookupError>,
+    result: Result<Option<Known>, LookupError>,
 ) {
     let Some(waiting) = state.pending.remove(&order_id) else {
         return; // unsubscribed meanwhile
     };
     let refusal = match result {
-        // The order service answered as the client: a 200 means theirs.
+        // The lookup checked the order is the client's.
         Ok(Some(order)) => {
-            let current = order.history.iter().map(|h| h.seq).max().unwrap_or(0);
+            let current = order.current.seq;
             match last_seq {
                 Some(after) => {
                     for entry in order.history.iter().filter(|h| h.seq > after) {
@@ -505,9 +505,9 @@ async fn looked(
                 None => {
                     let snapshot = ServerMessage::Snapshot {
                         order_id,
-                        status: order.status,
-                        reason: order.reason,
-                        at: order.updated_at,
+                        status: order.current.status,
+                        reason: order.current.reason,
+                        at: order.current.at,
                         seq: current,
                     };
                     send(myself, state, &snapshot).await;

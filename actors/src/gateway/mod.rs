@@ -8,14 +8,17 @@
 //! └── EventConsumer          order-events -> OrderUpdates (restartable)
 //! ```
 //!
-//! Each gateway process reads every partition of `order-events` from the
-//! moment it starts (no consumer group), so every replica sees every update
-//! and a client may connect to any. What a client missed while it was away
-//! (or before this replica started) comes from the order service when it
-//! subscribes, so no replica needs history of its own.
+//! Each gateway process reads every partition of `order-events` (no
+//! consumer group), so every replica sees every update and a client may
+//! connect to any. Each update is written to the order history in Redis
+//! ([`history`]) before it is pushed; a reader resumes where the history
+//! says, so a restart misses nothing. What a client missed while it was
+//! away comes from that history when it subscribes, or from the order
+//! service when Redis cannot prove it has all of it.
 
 pub mod connection;
 pub mod connections;
+pub mod history;
 pub mod hub;
 pub mod orders;
 pub mod protocol;
@@ -30,6 +33,7 @@ use crate::supervisor::{self as sup, ChildKind};
 use crate::StartError;
 use connection::WebSocket;
 use connections::{ConnectionSupervisor, ConnectionsArgs, ConnectionsMsg};
+use history::History;
 use hub::{Hub, HubMsg, StatusUpdate};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
@@ -47,15 +51,25 @@ pub struct GatewayConfig {
     pub policy: ConnectionPolicy,
 }
 
-/// Hands `order-events` to the hub.
+/// Hands `order-events` to the hub, after writing them to the history.
 pub struct OrderUpdates {
     /// The hub.
     pub hub: ActorRef<HubMsg>,
+    /// The order history in Redis.
+    pub history: History,
 }
 
 impl EventHandler for OrderUpdates {
     async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
-        for update in batch.iter().filter_map(StatusUpdate::from_envelope) {
+        let updates: Vec<StatusUpdate> = batch
+            .iter()
+            .filter_map(StatusUpdate::from_envelope)
+            .collect();
+        // First the history, then the push: a client that subscribes after
+        // the push finds the update in Redis (or is sent to the order
+        // service, if writing it failed).
+        self.history.record(&updates).await;
+        for update in updates {
             self.hub
                 .send_message(HubMsg::Publish(update))
                 .map_err(|_| HandlerError::Transient("hub is not running".into()))?;
@@ -191,6 +205,7 @@ pub struct GatewayService {
 pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayService, StartError> {
     let service = RunningService::start("gateway").await?;
     let supervisor = &service.supervisor;
+    let history = History::new(infra.redis.clone(), &infra.redis_prefix);
     let (hub, _) = Actor::spawn_linked(None, Hub, (), supervisor.get_cell()).await?;
     sup::adopt(supervisor, hub.get_cell(), "hub", ChildKind::Essential).await?;
     let (connections, _) = Actor::spawn_linked(
@@ -198,7 +213,7 @@ pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayServi
         ConnectionSupervisor,
         ConnectionsArgs {
             hub: hub.clone(),
-            lookup: orders::OrderLookup::new(&config.order_url),
+            lookup: orders::OrderLookup::new(&config.order_url, history.clone()),
             policy: config.policy,
         },
         supervisor.get_cell(),
@@ -214,9 +229,14 @@ pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayServi
     service::start_consumer(
         supervisor,
         infra,
-        Subscription::Broadcast,
+        Subscription::Broadcast {
+            cursor: Some(Arc::new(history.clone())),
+        },
         vec![topics::ORDER_EVENTS],
-        Arc::new(OrderUpdates { hub: hub.clone() }),
+        Arc::new(OrderUpdates {
+            hub: hub.clone(),
+            history,
+        }),
         None,
     )
     .await?;
