@@ -11,7 +11,7 @@
 //!
 //! [`protocol`]: super::protocol
 
-use super::hub::{HubMsg, StatusUpdate, Topic};
+use super::hub::{HubMsg, Outbound, StatusUpdate, Topic};
 use super::orders::{Known, LookupError, OrderLookup};
 use super::protocol::{ClientMessage, Scope, ServerMessage};
 use crate::auth::Principal;
@@ -95,7 +95,7 @@ impl ConnectionHandle {
     /// Queues `update` for the client; false if the connection is gone.
     /// Past the queue's limit nothing more is queued (memory stays bounded)
     /// and the connection closes itself with 1008.
-    pub fn push(&self, update: StatusUpdate) -> bool {
+    pub fn push(&self, update: Outbound) -> bool {
         if self.queue.overflowed.load(Ordering::Acquire) {
             return true;
         }
@@ -162,7 +162,7 @@ struct Args {
 /// Messages of a [`WsConnection`].
 pub enum ConnectionMsg {
     /// An update to send to the client.
-    Push(StatusUpdate),
+    Push(Outbound),
     /// Updates queued past the limit: close with 1008.
     Overflow,
     /// A request from the client.
@@ -253,12 +253,19 @@ impl Actor for WsConnection {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ConnectionMsg::Push(update) => {
+            ConnectionMsg::Push(outbound) => {
                 state.queue.waiting.fetch_sub(1, Ordering::AcqRel);
                 if state.queue.overflowed.load(Ordering::Acquire) {
                     // The close is already on its way; skip the backlog.
                     return Ok(());
                 }
+                let update = match outbound {
+                    Outbound::Status(update) => update,
+                    Outbound::Stock(change) => {
+                        send(&myself, state, &ServerMessage::Stock(change)).await;
+                        return Ok(());
+                    }
+                };
                 if let Some(waiting) = state.pending.get_mut(&update.order_id) {
                     waiting.push(update);
                 } else {
@@ -462,6 +469,7 @@ async fn request_received(
 fn scope_topic(principal: &Principal, scope: Scope) -> Result<Topic, ServerMessage> {
     match scope {
         Scope::Mine => Ok(Topic::Customer(principal.subject.clone())),
+        Scope::Stock => Ok(Topic::Stock),
         Scope::All if principal.is_admin() => Ok(Topic::All),
         Scope::All => Err(ServerMessage::error(
             "forbidden",

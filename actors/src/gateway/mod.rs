@@ -5,7 +5,8 @@
 //! ├── Hub                    who follows which order (essential)
 //! ├── ConnectionSupervisor   one WsConnection per client (essential)
 //! │   └── WsConnection ...
-//! └── EventConsumer          order-events -> OrderUpdates (restartable)
+//! ├── EventConsumer          order-events -> OrderUpdates (restartable)
+//! └── EventConsumer          inventory-events -> StockUpdates (restartable)
 //! ```
 //!
 //! Each gateway process reads every partition of `order-events` (no
@@ -34,7 +35,7 @@ use crate::StartError;
 use connection::WebSocket;
 use connections::{ConnectionSupervisor, ConnectionsArgs, ConnectionsMsg};
 use history::History;
-use hub::{Hub, HubMsg, StatusUpdate};
+use hub::{Hub, HubMsg, StatusUpdate, StockChange};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -72,6 +73,25 @@ impl EventHandler for OrderUpdates {
         for update in updates {
             self.hub
                 .send_message(HubMsg::Publish(update))
+                .map_err(|_| HandlerError::Transient("hub is not running".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands the stock levels of `inventory-events` to the hub. Stock is read
+/// from the end when the gateway starts: a client wants the stock from now
+/// on, having read the catalogue itself.
+pub struct StockUpdates {
+    /// The hub.
+    pub hub: ActorRef<HubMsg>,
+}
+
+impl EventHandler for StockUpdates {
+    async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
+        for change in batch.iter().flat_map(StockChange::from_envelope) {
+            self.hub
+                .send_message(HubMsg::PublishStock(change))
                 .map_err(|_| HandlerError::Transient("hub is not running".into()))?;
         }
         Ok(())
@@ -237,6 +257,15 @@ pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayServi
             hub: hub.clone(),
             history,
         }),
+        None,
+    )
+    .await?;
+    service::start_consumer(
+        supervisor,
+        infra,
+        Subscription::Broadcast { cursor: None },
+        vec![topics::INVENTORY_EVENTS],
+        Arc::new(StockUpdates { hub: hub.clone() }),
         None,
     )
     .await?;
