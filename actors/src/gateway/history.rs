@@ -46,8 +46,8 @@ use uuid::Uuid;
 pub const KEEP: isize = 64;
 /// How long an order's updates are kept after its last change.
 const ORDER_TTL_SECS: i64 = 24 * 3600;
-/// How long a generation's offsets are kept after their last write: a
-/// gateway down for longer starts a new generation.
+/// How long a generation's offsets (and the generation counter) are kept
+/// after their last write: a gateway down for longer starts a new one.
 const OFFSETS_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Longest wait for Redis; past it, the order service is asked instead.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -369,7 +369,12 @@ async fn write_offsets(
     for ((topic, partition), offset) in positions {
         pipe.hset(&key, field(topic, *partition), *offset).ignore();
     }
+    // The generation counter lives as long as the offsets: when neither has
+    // been written for that long, every order key has long expired too, so
+    // counting again from 1 meets nothing left over.
     pipe.expire(&key, OFFSETS_TTL_SECS).ignore();
+    pipe.expire(generation_key(prefix), OFFSETS_TTL_SECS)
+        .ignore();
     pipe.query_async::<()>(conn).await?;
     Ok(())
 }
