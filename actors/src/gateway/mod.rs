@@ -23,6 +23,7 @@ pub mod history;
 pub mod hub;
 pub mod orders;
 pub mod protocol;
+pub mod requests;
 
 use crate::auth::Principal;
 use crate::events::{topics, Envelope};
