@@ -11,6 +11,7 @@ mod deadlines;
 mod helpers;
 mod idempotency;
 mod loadgen;
+mod openapi;
 mod order_history;
 mod placement;
 mod redelivery;

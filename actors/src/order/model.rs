@@ -12,28 +12,40 @@ pub const MAX_LINES: usize = 50;
 pub const MAX_QUANTITY: i64 = 1000;
 
 /// Body of `POST /orders`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "items": [{"product_id": "00000000-0000-4000-8000-000000000001", "quantity": 2}],
+    "payment_token": "tok_visa"
+}))]
 pub struct PlaceOrder {
     /// Who is ordering. Over HTTP it comes from the bearer token; a body
     /// may repeat it, but not name someone else.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub customer_id: Option<String>,
-    /// What, and how many.
+    /// What, and how many (at most 50 distinct products).
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<ItemInput>,
     /// Stripe-style test token choosing the simulated payment outcome;
-    /// `tok_visa` when absent.
+    /// `tok_visa` when absent. Approve: `tok_visa`, `tok_visa_debit`,
+    /// `tok_mastercard`, `tok_amex`; decline: `tok_chargeDeclined`,
+    /// `tok_chargeDeclinedInsufficientFunds`, `tok_chargeDeclinedFraudulent`,
+    /// `tok_chargeDeclinedExpiredCard`.
     #[serde(default)]
+    #[schema(example = "tok_visa")]
     pub payment_token: Option<String>,
 }
 
 /// One requested line, before validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemInput {
     /// The product.
     pub product_id: Uuid,
-    /// Units; parsed wide so that a negative or huge number gets a clear message.
+    /// Units, 1 to 1000; parsed wide so that a negative or huge number gets
+    /// a clear message.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
@@ -103,7 +115,7 @@ impl PlaceOrder {
 }
 
 /// The answer to `POST /orders`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlacedOrder {
     /// The new order's id.
     pub order_id: Uuid,
@@ -112,7 +124,7 @@ pub struct PlacedOrder {
 }
 
 /// One line of an order as stored, with the price it was sold at.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct OrderItem {
     /// The product.
     pub product_id: Uuid,
@@ -125,7 +137,7 @@ pub struct OrderItem {
 }
 
 /// One entry of an order's status history.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StatusEntry {
     /// Per-order sequence number.
     pub seq: i32,
@@ -139,7 +151,7 @@ pub struct StatusEntry {
 }
 
 /// The answer to `GET /orders/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     /// The order.
     pub order_id: Uuid,
@@ -165,7 +177,7 @@ pub struct OrderView {
 }
 
 /// One row of `GET /orders?customer_id=`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderSummary {
     /// The order.
     pub order_id: Uuid,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A product with its current stock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     /// Stable identifier.
     pub id: Uuid,
@@ -27,22 +27,28 @@ pub struct Product {
 }
 
 /// Body of `POST /products`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// Unique stock-keeping unit.
+    #[schema(min_length = 1, max_length = 64, example = "MUG-001")]
     pub sku: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 200, example = "Espresso mug")]
     pub name: String,
     /// Display description.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
     /// Unit price in cents.
+    #[schema(minimum = 0, maximum = 100_000_000, example = 1200)]
     pub price_cents: i64,
     /// ISO 4217 code; the shop sells in one currency, EUR.
     #[serde(default = "default_currency")]
+    #[schema(pattern = "^EUR$", example = "EUR")]
     pub currency: String,
     /// Initial stock.
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 120)]
     pub stock: i32,
 }
 
