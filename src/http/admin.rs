@@ -12,6 +12,10 @@ use warp::{Filter, Rejection, Reply};
 /// How long past its deadline an in-flight saga must be to count as stuck,
 /// unless the query says otherwise.
 const DEFAULT_GRACE_SECONDS: f64 = 60.0;
+/// Longest grace period asked for: ten years. Postgres cannot subtract a
+/// much longer interval from now (schemathesis found `1e308` answered 503,
+/// "timestamp out of range").
+pub(crate) const MAX_GRACE_SECONDS: f64 = 315_360_000.0;
 
 /// The operator routes' part of the order service's OpenAPI document.
 #[derive(utoipa::OpenApi)]
@@ -105,7 +109,7 @@ async fn running(orders: Orders) -> Result<warp::reply::Response, Rejection> {
     tag = "admin",
     security(("bearer" = [])),
     params(
-        ("grace_seconds" = Option<f64>, Query, minimum = 0,
+        ("grace_seconds" = Option<f64>, Query, minimum = 0, maximum = 315_360_000,
          description = "How far past its deadline an in-flight saga must be (default 60)."),
     ),
     responses(
@@ -124,8 +128,12 @@ async fn stuck(
         Some(raw) => raw
             .parse::<f64>()
             .ok()
-            .filter(|g| g.is_finite() && *g >= 0.0)
-            .ok_or_else(|| ApiError::BadRequest("grace_seconds must be a number >= 0".into()))?,
+            .filter(|g| (0.0..=MAX_GRACE_SECONDS).contains(g))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "grace_seconds must be a number from 0 to {MAX_GRACE_SECONDS}"
+                ))
+            })?,
     };
     let sagas = orders.stuck(grace).await.map_err(ApiError::from)?;
     Ok(warp::reply::json(&StuckSagas {

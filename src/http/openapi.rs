@@ -54,8 +54,44 @@ fn openapi_json(body: &Arc<str>) -> warp::reply::Response {
     response
 }
 
-/// The OpenAPI document of `service` (one of [`SERVICES`]).
-pub fn document(service: &str) -> Option<utoipa::openapi::OpenApi> {
+/// The OpenAPI document of `service` (one of [`SERVICES`]), as served.
+pub fn document(service: &str) -> Option<serde_json::Value> {
+    let mut doc = serde_json::to_value(assemble(service)?).ok()?;
+    spell_links(&mut doc);
+    Some(doc)
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`);
+/// OpenAPI spells them in camel case, and tools ignore or refuse the other
+/// spelling (schemathesis reports such links as invalid).
+fn spell_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation["responses"].as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(snake) {
+                link.insert(camel.to_owned(), value);
+            }
+        }
+    }
+}
+
+/// The document of `service` as utoipa builds it.
+fn assemble(service: &str) -> Option<utoipa::openapi::OpenApi> {
     let (routes, description) = match service {
         "order" => (
             super::order::OrderApi::openapi().merge_from(super::admin::AdminApi::openapi()),
@@ -162,9 +198,7 @@ fn error(description: &str) -> ResponseBuilder {
 pub fn route(
     service: &str,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let body: Option<Arc<str>> = document(service)
-        .and_then(|doc| doc.to_json().ok())
-        .map(Arc::from);
+    let body: Option<Arc<str>> = document(service).map(|doc| Arc::from(doc.to_string()));
     warp::path!("openapi.json")
         .and(warp::get())
         .and_then(move || {
@@ -185,9 +219,7 @@ mod tests {
     #[test]
     fn every_service_has_a_3_1_document() {
         for service in SERVICES {
-            let doc = document(service).expect("a document");
-            let json: serde_json::Value =
-                serde_json::from_str(&doc.to_json().expect("serializes")).expect("JSON");
+            let json = document(service).expect("a document");
             assert!(
                 json["openapi"]
                     .as_str()
@@ -204,9 +236,7 @@ mod tests {
 
     #[test]
     fn routes_with_a_token_document_401_and_json_bodies_415() {
-        let doc = document("product").expect("a document");
-        let json: serde_json::Value =
-            serde_json::from_str(&doc.to_json().expect("serializes")).expect("JSON");
+        let json = document("product").expect("a document");
         let create = &json["paths"]["/products"]["post"];
         for status in ["401", "400", "413", "415", "422"] {
             assert_eq!(
@@ -220,6 +250,50 @@ mod tests {
         assert_eq!(
             json["components"]["securitySchemes"][BEARER]["scheme"],
             "bearer"
+        );
+    }
+
+    #[test]
+    fn links_are_spelled_as_openapi_spells_them() {
+        let json = document("order").expect("a document");
+        let link = &json["paths"]["/orders"]["post"]["responses"]["202"]["links"]["getOrder"];
+        assert_eq!(link["operationId"], "getOrder", "{link}");
+        assert_eq!(link["parameters"]["id"], "$response.body#/order_id");
+        assert!(link.get("operation_id").is_none(), "{link}");
+        assert!(json["paths"]["/orders/{id}"]["get"]["operationId"] == "getOrder");
+    }
+
+    #[test]
+    fn documented_bounds_are_the_validated_ones() {
+        use shop_actors::order::model::{MAX_LINES, MAX_QUANTITY};
+        use shop_actors::product::model::MAX_STOCK;
+        let product = document("product").expect("a document");
+        let schemas = &product["components"]["schemas"];
+        assert_eq!(
+            schemas["NewProduct"]["properties"]["stock"]["maximum"],
+            MAX_STOCK
+        );
+        assert_eq!(
+            schemas["SetStock"]["properties"]["stock"]["maximum"],
+            MAX_STOCK
+        );
+        let order = document("order").expect("a document");
+        let schemas = &order["components"]["schemas"];
+        assert_eq!(
+            schemas["PlaceOrder"]["properties"]["items"]["maxItems"],
+            MAX_LINES
+        );
+        assert_eq!(
+            schemas["ItemInput"]["properties"]["quantity"]["maximum"],
+            MAX_QUANTITY
+        );
+        let grace = order["paths"]["/admin/sagas/stuck"]["get"]["parameters"]
+            .as_array()
+            .and_then(|params| params.iter().find(|p| p["name"] == "grace_seconds"))
+            .expect("grace_seconds is documented");
+        assert_eq!(
+            grace["schema"]["maximum"].as_f64(),
+            Some(super::super::admin::MAX_GRACE_SECONDS)
         );
     }
 }

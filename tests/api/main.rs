@@ -8,6 +8,7 @@ mod auth;
 mod bad_requests;
 mod dead_letters;
 mod deadlines;
+mod fuzz_findings;
 mod helpers;
 mod idempotency;
 mod loadgen;

@@ -69,8 +69,15 @@ impl PlaceOrder {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        if customer_id.is_empty() || customer_id.len() > 128 {
-            return Err("customer_id must be 1 to 128 characters".into());
+        // Control characters have no place in an id, and Postgres refuses
+        // NUL in text: without this check it was a 503, not a 422.
+        if customer_id.is_empty()
+            || customer_id.len() > 128
+            || customer_id.chars().any(char::is_control)
+        {
+            return Err(
+                "customer_id must be 1 to 128 characters, none of them control characters".into(),
+            );
         }
         if self.items.is_empty() {
             return Err("items must not be empty".into());
@@ -241,6 +248,9 @@ mod tests {
         let mut blank = order(vec![(id, 1)]);
         blank.customer_id = Some("  ".into());
         assert!(blank.validate().unwrap_err().contains("customer_id"));
+        let mut nul = order(vec![(id, 1)]);
+        nul.customer_id = Some("ali\u{0}ce".into());
+        assert!(nul.validate().unwrap_err().contains("customer_id"));
         let mut token = order(vec![(id, 1)]);
         token.payment_token = Some("tok_bogus".into());
         assert!(token.validate().unwrap_err().contains("payment_token"));
