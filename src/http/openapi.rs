@@ -112,7 +112,7 @@ fn assemble(service: &str) -> Option<utoipa::openapi::OpenApi> {
             super::storefront::StorefrontApi::openapi(),
             "Serves the storefront page, and pushes order status changes to \
              WebSocket clients at `GET /ws` (that protocol is described in the \
-             README and docs/asyncapi.json, not here).",
+             README, section \"WebSocket protocol\", not here).",
         ),
         _ => return None,
     };

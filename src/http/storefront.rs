@@ -54,7 +54,7 @@ pub struct BadUrl {
 }
 
 /// The gateway's plain HTTP routes in its OpenAPI document (`GET /ws`, the
-/// WebSocket, is described in the README and `docs/asyncapi.json`).
+/// WebSocket, is described in the README, section "WebSocket protocol").
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(index, asset, page_config, mint_dev_token))]
 pub struct StorefrontApi;

@@ -152,7 +152,7 @@ async fn every_service_documents_exactly_the_routes_it_answers() {
     check_service(&app, "payment", &payment, common()).await;
 
     // `GET /ws` (the WebSocket) is left out on purpose: it is a protocol of
-    // its own, in the README and docs/asyncapi.json. `POST /dev/token`
+    // its own, in the README ("WebSocket protocol"). `POST /dev/token`
     // exists only in development mode; spawn_app configures a secret, so
     // here it answers the documented 404 (.ci/schemathesis.sh runs the
     // platform in development mode and fuzzes it there).
