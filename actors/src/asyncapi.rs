@@ -166,6 +166,17 @@ pub fn document() -> Value {
         .map(|c| serde_json::to_value(c.schemas).unwrap_or_default())
         .unwrap_or_default();
     let examples = examples();
+    // Each variant's doc comment, which the derive put on its schema.
+    let summary = |name: &str| {
+        schemas["Event"]["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|variant| variant["properties"]["event_type"]["enum"][0] == name)
+            .and_then(|variant| variant["description"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
 
     let mut channels = Map::new();
     let mut operations = Map::new();
@@ -182,7 +193,7 @@ pub fn document() -> Value {
                 name.to_owned(),
                 json!({ "$ref": format!("#/components/messages/{name}") }),
             );
-            messages.insert(name.to_owned(), message(envelope));
+            messages.insert(name.to_owned(), message(envelope, &summary(name)));
         }
         if topic == topics::DEAD_LETTERS {
             channel_messages.insert(
@@ -253,12 +264,13 @@ pub fn document_text() -> String {
 
 /// The message of `envelope`'s type: the envelope narrowed to its
 /// `event_type`, the Kafka key and header, and the example.
-fn message(envelope: &Envelope) -> Value {
+fn message(envelope: &Envelope, summary: &str) -> Value {
     let name = envelope.event.type_name();
     let example = serde_json::to_value(envelope).unwrap_or_default();
     json!({
         "name": name,
         "title": name,
+        "summary": summary,
         "contentType": "application/json",
         "payload": {
             "allOf": [
@@ -434,7 +446,11 @@ mod tests {
         assert_eq!(derived.len(), 14, "{derived:?}");
         assert_eq!(derived, examples);
         for name in &examples {
-            assert!(doc["components"]["messages"][name].is_object(), "{name}");
+            let message = &doc["components"]["messages"][name];
+            assert!(
+                message["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{name}: {message}"
+            );
         }
         let addresses: BTreeSet<&str> = doc["channels"]
             .as_object()
