@@ -179,7 +179,7 @@ async fn get(
     tag = "orders",
     security(("bearer" = [])),
     params(
-        ("customer_id" = Option<String>, Query,
+        ("customer_id" = Option<String>, Query, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
          description = "Whose orders: the caller's by default; naming another customer is for admins."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500,
          description = "At most this many (default 50)."),

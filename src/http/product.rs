@@ -75,6 +75,7 @@ pub fn routes(
     tag = "products",
     params(
         ("ids" = Option<String>, Query,
+         pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})*$",
          description = "Comma-separated product ids (at most 100); unknown ids are left out."),
     ),
     responses(

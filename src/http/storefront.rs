@@ -74,7 +74,8 @@ struct PageConfig {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevTokenRequest {
-    /// The customer to sign a token for.
+    /// The customer to sign a token for: 1 to 64 letters, digits or `-_.@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$", example = "alice")]
     customer: String,
 }
 

@@ -22,7 +22,11 @@ pub struct PlaceOrder {
     /// Who is ordering. Over HTTP it comes from the bearer token; a body
     /// may repeat it, but not name someone else.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer_id: Option<String>,
     /// What, and how many (at most 50 distinct products).
     #[schema(min_items = 1, max_items = 50)]

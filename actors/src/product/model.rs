@@ -31,14 +31,27 @@ pub struct Product {
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// Unique stock-keeping unit.
-    #[schema(min_length = 1, max_length = 64, example = "MUG-001")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
+        example = "MUG-001"
+    )]
     pub sku: String,
     /// Display name.
-    #[schema(min_length = 1, max_length = 200, example = "Espresso mug")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
+        example = "Espresso mug"
+    )]
     pub name: String,
     /// Display description.
     #[serde(default)]
-    #[schema(max_length = 2000)]
+    #[schema(
+        max_length = 2000,
+        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub description: String,
     /// Unit price in cents.
     #[schema(minimum = 0, maximum = 100_000_000, example = 1200)]
