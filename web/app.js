@@ -6,18 +6,18 @@
 //   whether development tokens can be had from POST /dev/token;
 // - the product service: GET /products (public);
 // - the order service: POST /orders, GET /orders, GET /orders/{id} (bearer);
-// - this origin's /ws: order status updates (protocol in the README).
+// - this origin's /ws: order status updates and stock changes (protocol in
+//   the README).
 //
-// Stock is not pushed by the gateway (it pushes order statuses only). So
-// the page refreshes the stock of an order's products whenever one of the
-// customer's orders changes status (reservations and releases are what move
-// stock), and the whole catalogue every few seconds for everyone else's.
+// While the WebSocket is live, stock changes are pushed (scope `stock`) and
+// the catalogue is re-read only now and then, to reconcile; without one
+// (signed out, or reconnecting) it is re-read every few seconds.
 
 const STORAGE_KEY = "shop.session";
-const STOCK_REFRESH_MS = 5000;
-// The product cache is invalidated just after the stock change commits, so
-// a refresh right on the status update may read the old figure once.
-const STOCK_RECHECK_MS = 800;
+const STOCK_POLL_MS = 5000;
+const STOCK_RECONCILE_MS = 60000;
+// A catalogue read and a pushed change may cross: a figure pushed while the
+// read was on its way wins over the read's (which may predate it).
 const RECONNECT_BASE_MS = 500;
 const RECONNECT_MAX_MS = 15000;
 const ORDERS_SHOWN = 10;
@@ -51,6 +51,8 @@ const state = {
   config: null,
   session: null, // {customer, token}
   products: new Map(), // id -> product
+  stockPushes: new Map(), // product id -> {at, received} of its last pushed change
+  catalogueReadAt: 0, // when the whole catalogue was last read
   cart: new Map(), // id -> quantity
   checkoutKey: null, // Idempotency-Key of the cart as it is
   orders: new Map(), // id -> order (see upsertOrder)
@@ -124,9 +126,10 @@ async function api(base, path, options = {}) {
 
 async function loadProducts(ids) {
   const query = ids && ids.length ? `?ids=${ids.join(",")}` : "";
+  const sentAt = Date.now();
   try {
     const products = await api(state.config.product_url, `/products${query}`);
-    for (const product of products) updateProduct(product);
+    for (const product of products) updateProduct(product, sentAt);
     $("catalogue-status").textContent = "";
     $("catalogue-status").hidden = true;
   } catch (error) {
@@ -138,10 +141,16 @@ async function loadProducts(ids) {
   }
 }
 
-function refreshStockOf(order) {
-  const ids = order.items ? order.items.map((item) => item.product_id) : [];
-  loadProducts(ids);
-  setTimeout(() => loadProducts(ids), STOCK_RECHECK_MS);
+// A pushed stock change. Changes of one product may arrive out of order
+// (they travel on several partitions), so the newest `at` wins.
+function applyStock(change) {
+  const product = state.products.get(change.product_id);
+  if (!product) return loadProducts([change.product_id]);
+  const at = Date.parse(change.at);
+  const seen = state.stockPushes.get(change.product_id);
+  if (seen && seen.at > at) return;
+  state.stockPushes.set(change.product_id, { at, received: Date.now() });
+  updateProduct({ ...product, stock: change.stock });
 }
 
 function stockText(stock) {
@@ -156,8 +165,14 @@ function hue(text) {
   return h;
 }
 
-function updateProduct(product) {
+// `readAt`: when the catalogue read that brought `product` was sent; none
+// for a pushed change.
+function updateProduct(product, readAt = null) {
   const before = state.products.get(product.id);
+  const push = state.stockPushes.get(product.id);
+  if (readAt != null && before && push && push.received >= readAt) {
+    product = { ...product, stock: before.stock };
+  }
   state.products.set(product.id, product);
   let card = document.querySelector(`[data-product-id="${product.id}"]`);
   if (!card) {
@@ -330,7 +345,6 @@ function applyStatus(orderId, entry, fromSnapshot) {
   // A snapshot, an order first seen here, or a hole: the order service has
   // the whole history (and the items, for the stock refresh).
   if (fromSnapshot || !known || gap || !order.items) fetchOrder(orderId);
-  if (entry.status !== "PENDING") refreshStockOf(order);
   if (FINAL.has(entry.status)) {
     const reason = entry.reason ? ` (${REASON_TEXT[entry.reason] || entry.reason})` : "";
     announce(`Order ${shortId(orderId)} ${BADGE_TEXT[entry.status].toLowerCase()}${reason}.`);
@@ -490,6 +504,10 @@ function connect() {
     state.reconnects = 0;
     setConnection("live", "Live");
     send({ type: "subscribe", scope: "mine" });
+    send({ type: "subscribe", scope: "stock" });
+    // Stock moved while the socket was down: read it once, then follow it.
+    loadProducts();
+    state.catalogueReadAt = Date.now();
     // Orders placed while the socket was down (another tab, say), then
     // the missed updates of every order still in flight.
     await loadOrders();
@@ -504,6 +522,8 @@ function connect() {
     }
     if (message.type === "update" || message.type === "snapshot") {
       applyStatus(message.order_id, message, message.type === "snapshot");
+    } else if (message.type === "stock") {
+      applyStock(message);
     } else if (message.type === "error" && message.error !== "not_found") {
       setConnection("live", `Live (${message.message})`);
     }
@@ -619,9 +639,14 @@ async function start() {
   renderAccount();
   renderCart();
   await loadProducts();
+  state.catalogueReadAt = Date.now();
   setInterval(() => {
-    if (!document.hidden) loadProducts();
-  }, STOCK_REFRESH_MS);
+    const live = state.socket && state.socket.readyState === WebSocket.OPEN;
+    const due = Date.now() - state.catalogueReadAt >= (live ? STOCK_RECONCILE_MS : STOCK_POLL_MS) - 100;
+    if (document.hidden || !due) return;
+    state.catalogueReadAt = Date.now();
+    loadProducts();
+  }, STOCK_POLL_MS);
   try {
     const saved = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || "null");
     if (saved && saved.token && !tokenExpired(saved.token)) startSession(saved);

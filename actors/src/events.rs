@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// The envelope version this build writes and accepts.
@@ -41,7 +42,7 @@ pub mod topics {
 }
 
 /// One message on a topic: identity and tracing metadata around a typed event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Envelope {
     /// Unique per message; consumers record it to make redelivery harmless.
     pub event_id: Uuid,
@@ -117,7 +118,7 @@ impl Envelope {
 }
 
 /// Every command and event, tagged by `event_type` with its `payload`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "event_type", content = "payload")]
 pub enum Event {
     /// Command to the product service: take these items out of stock for the order.
@@ -203,7 +204,7 @@ impl Event {
 }
 
 /// One line of an order: a product and how many units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderLine {
     /// The product ordered.
     pub product_id: Uuid,
@@ -213,7 +214,7 @@ pub struct OrderLine {
 
 /// A product's stock after a reservation or release, so listeners can show
 /// live stock without asking the product service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StockLevel {
     /// The product whose stock moved.
     pub product_id: Uuid,
@@ -224,28 +225,28 @@ pub struct StockLevel {
 }
 
 /// Payload of [`Event::ReserveInventory`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReserveInventory {
     /// What to reserve; all of it or nothing.
     pub items: Vec<OrderLine>,
 }
 
 /// Payload of [`Event::ReleaseInventory`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseInventory {
     /// Why the stock goes back (the order's rejection reason).
     pub reason: RejectReason,
 }
 
 /// Payload of [`Event::InventoryReserved`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InventoryReserved {
     /// Each product reserved and its stock afterwards.
     pub items: Vec<StockLevel>,
 }
 
 /// Payload of [`Event::InventoryRejected`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InventoryRejected {
     /// Why: always `OUT_OF_STOCK` today.
     pub reason: RejectReason,
@@ -256,7 +257,7 @@ pub struct InventoryRejected {
 }
 
 /// Payload of [`Event::InventoryReleased`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InventoryReleased {
     /// Each product returned and its stock afterwards; empty when there was
     /// nothing (left) to release.
@@ -264,7 +265,7 @@ pub struct InventoryReleased {
 }
 
 /// Payload of [`Event::AuthorizePayment`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuthorizePayment {
     /// Who pays.
     pub customer_id: String,
@@ -277,7 +278,7 @@ pub struct AuthorizePayment {
 }
 
 /// Payload of [`Event::PaymentAuthorized`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentAuthorized {
     /// The processor's authorization id.
     pub authorization_id: Uuid,
@@ -286,28 +287,28 @@ pub struct PaymentAuthorized {
 }
 
 /// Payload of [`Event::PaymentDeclined`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentDeclined {
     /// The processor's decline code, e.g. `card_declined`.
     pub decline_code: String,
 }
 
 /// Payload of [`Event::VoidPayment`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VoidPayment {
     /// Why the authorization is cancelled.
     pub reason: RejectReason,
 }
 
 /// Payload of [`Event::PaymentVoided`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentVoided {
     /// The authorization voided, if one had been made.
     pub authorization_id: Option<Uuid>,
 }
 
 /// Payload of [`Event::OrderCreated`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderCreated {
     /// Who placed the order.
     pub customer_id: String,
@@ -323,7 +324,7 @@ pub struct OrderCreated {
 }
 
 /// A status change of an order, as pushed to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderStatusChanged {
     /// The new status.
     pub status: OrderStatus,
@@ -341,7 +342,7 @@ pub struct OrderStatusChanged {
 }
 
 /// Where an order is in its saga.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     /// Accepted; waiting for stock.
@@ -407,7 +408,7 @@ impl fmt::Display for OrderStatus {
 }
 
 /// Why an order was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RejectReason {
     /// Some item did not have enough stock.

@@ -1,7 +1,8 @@
 //! The actor trees of shop's four services, and everything they share.
 //!
 //! Layout:
-//! - [`events`]: the Kafka envelope, every command and event, the topics.
+//! - [`events`]: the Kafka envelope, every command and event, the topics;
+//!   [`asyncapi`]: their AsyncAPI document, generated from those types.
 //! - [`db`], [`cache`], [`kafka`]: Postgres, Redis and Kafka plumbing,
 //!   including the embedded Kafka-protocol broker.
 //! - [`outbox`]: the transactional outbox, its relay actor, and the inbox of
@@ -12,6 +13,7 @@
 //! - [`product`], [`order`], [`payment`], [`gateway`]: one folder per
 //!   service, each with its supervisor tree documented at the top.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod cache;
 pub mod db;

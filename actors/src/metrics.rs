@@ -52,6 +52,13 @@ pub struct OutcomeLabels {
     pub reason: String,
 }
 
+/// Labels of a gateway order lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// Where the answer came from: `redis` or `order_service`.
+    pub source: String,
+}
+
 /// Labels of a saga step.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
@@ -114,6 +121,8 @@ pub struct Metrics {
     pub websocket_connections: Gauge,
     /// Messages sent to the dead-letter topic by this process.
     pub dead_letters: Family<DeadLetterLabels, Counter>,
+    /// Orders looked up for WebSocket subscribers, by where the answer came from.
+    pub order_lookups: Family<SourceLabels, Counter>,
     /// Messages on the dead-letter topic (replayed ones included).
     pub dead_letter_topic_messages: Gauge,
 }
@@ -186,6 +195,12 @@ impl Metrics {
             "Open WebSocket connections",
             websocket_connections.clone(),
         );
+        let order_lookups = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "gateway_order_lookups",
+            "Orders looked up for WebSocket subscribers, from the gateway's Redis copy or the order service",
+            order_lookups.clone(),
+        );
         let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         registry.register(
             "dead_letters",
@@ -212,6 +227,7 @@ impl Metrics {
             consumer_lag,
             websocket_connections,
             dead_letters,
+            order_lookups,
         }
     }
 

@@ -106,11 +106,17 @@ impl From<PlaceError> for ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Stable machine-readable code, e.g. `validation_failed`.
+    /// Stable machine-readable code: `bad_request`, `malformed_json`,
+    /// `validation_failed`, `unknown_product`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `request_in_progress`,
+    /// `idempotency_key_reused`, `unsupported_media_type`,
+    /// `payload_too_large`, `unavailable`, …
+    #[schema(example = "validation_failed")]
     pub error: &'static str,
     /// What went wrong, for a human.
+    #[schema(example = "items must not be empty")]
     pub message: String,
 }
 

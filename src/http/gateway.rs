@@ -10,11 +10,11 @@ use super::error::ApiError;
 use crate::auth::{bearer_token, Authenticator, Principal};
 use shop_actors::gateway::{ClientMessage, Gateway};
 use std::collections::HashMap;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use uuid::Uuid;
+use warp::hyper::upgrade::OnUpgrade;
 use warp::{Filter, Rejection, Reply};
 
-/// Largest frame or message a client may send (requests are tiny).
-const MAX_FRAME: usize = 4 * 1024;
 /// The protocol the server speaks, selected when the client offers it.
 const PROTOCOL: &str = "shop.v1";
 /// Prefix of the subprotocol that carries the token.
@@ -39,27 +39,75 @@ pub fn routes(
             warp::query::<HashMap<String, String>>()
                 .and_then(|query: HashMap<String, String>| async move { initial_request(&query) }),
         )
-        .and(warp::ws())
+        .and(websocket_upgrade())
         .and(warp::any().map(move || gateway.clone()))
         .map(
             |(principal, token, select): (Principal, String, bool),
              initial: Option<ClientMessage>,
-             ws: warp::ws::Ws,
+             (accept, on_upgrade): (String, OnUpgrade),
              gateway: Gateway| {
-                let reply = ws
-                    .max_frame_size(MAX_FRAME)
-                    .max_message_size(MAX_FRAME)
-                    .on_upgrade(move |socket| async move {
-                        gateway.open(socket, principal, token, initial)
-                    });
-                let mut response = reply.into_response();
+                gateway.upgrade(on_upgrade, principal, token, initial);
+                let mut response = warp::http::Response::builder()
+                    .status(warp::http::StatusCode::SWITCHING_PROTOCOLS)
+                    .header("upgrade", "websocket")
+                    .header("connection", "upgrade")
+                    .header("sec-websocket-accept", accept);
                 if select {
-                    response.headers_mut().insert(
-                        "sec-websocket-protocol",
-                        warp::http::HeaderValue::from_static(PROTOCOL),
-                    );
+                    response = response.header("sec-websocket-protocol", PROTOCOL);
                 }
                 response
+                    .body(warp::hyper::body::Bytes::new().into())
+                    .unwrap_or_else(|_| {
+                        warp::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    })
+            },
+        )
+}
+
+/// A WebSocket handshake (RFC 6455 §4.2.1), accepted here rather than with
+/// `warp::ws()` because warp cannot size tungstenite's buffers, which
+/// otherwise take 128 KiB of every connection: yields the
+/// `Sec-WebSocket-Accept` answer and the connection's upgrade.
+fn websocket_upgrade() -> impl Filter<Extract = ((String, OnUpgrade),), Error = Rejection> + Clone {
+    warp::header::optional::<String>("connection")
+        .and(warp::header::optional::<String>("upgrade"))
+        .and(warp::header::optional::<String>("sec-websocket-version"))
+        .and(warp::header::optional::<String>("sec-websocket-key"))
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and_then(
+            |connection: Option<String>,
+             upgrade: Option<String>,
+             version: Option<String>,
+             key: Option<String>,
+             on_upgrade: Option<OnUpgrade>| async move {
+                let has = |value: &Option<String>, token: &str| {
+                    value
+                        .as_deref()
+                        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                };
+                if !has(&connection, "upgrade") || !has(&upgrade, "websocket") {
+                    return Err(ApiError::BadRequest(
+                        "GET /ws is a WebSocket: send Connection: Upgrade and Upgrade: websocket"
+                            .into(),
+                    )
+                    .into());
+                }
+                if version.as_deref().map(str::trim) != Some("13") {
+                    return Err(ApiError::BadRequest(
+                        "unsupported WebSocket version: send Sec-WebSocket-Version: 13".into(),
+                    )
+                    .into());
+                }
+                let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
+                    return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()).into());
+                };
+                let Some(on_upgrade) = on_upgrade else {
+                    return Err(ApiError::BadRequest(
+                        "this connection cannot be upgraded (HTTP/1.1 only)".into(),
+                    )
+                    .into());
+                };
+                Ok::<_, Rejection>((derive_accept_key(key.trim().as_bytes()), on_upgrade))
             },
         )
 }

@@ -9,8 +9,9 @@
 
 use deadpool_postgres::Pool;
 use rdkafka::producer::{FutureProducer, Producer};
-use serde_json::json;
+use serde::Serialize;
 use shop_actors::cache::RedisPool;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -31,7 +32,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Runs every check; returns whether all passed and each one's result.
-    pub async fn check(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+    pub async fn check(&self) -> (bool, BTreeMap<String, String>) {
         let postgres = async {
             match &self.postgres {
                 None => None,
@@ -64,7 +65,7 @@ impl Readiness {
             }
         };
         let (postgres, redis, kafka) = tokio::join!(postgres, redis, kafka);
-        let mut checks = serde_json::Map::new();
+        let mut checks = BTreeMap::new();
         let mut ready = true;
         for (name, result, required) in [
             ("postgres", postgres, true),
@@ -78,9 +79,9 @@ impl Readiness {
                 checks.insert(
                     name.into(),
                     match result {
-                        Ok(()) => json!("ok"),
-                        Err(e) if required => json!(e),
-                        Err(e) => json!(format!("degraded: {e}")),
+                        Ok(()) => "ok".to_owned(),
+                        Err(e) if required => e,
+                        Err(e) => format!("degraded: {e}"),
                     },
                 );
             }
@@ -101,22 +102,72 @@ async fn bounded(
 pub fn routes(
     readiness: Readiness,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+    let healthz = warp::path!("healthz").and(warp::get()).map(healthz);
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(warp::any().map(move || readiness.clone()))
-        .then(|readiness: Readiness| async move {
-            let (ready, checks) = readiness.check().await;
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let body =
-                json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
-            warp::reply::with_status(warp::reply::json(&body), status).into_response()
-        });
+        .then(readyz);
     healthz.or(readyz).unify()
+}
+
+/// Health and readiness in every service's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz))]
+pub struct HealthApi;
+
+/// Answer of `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`: the process answers.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Answer of `GET /readyz`, whether ready or not.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReadinessReport {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// Each dependency checked (`postgres`, `redis`, `kafka`) and its
+    /// result: `ok`, the error, or for Redis `degraded: <error>`.
+    checks: BTreeMap<String, String>,
+}
+
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive.", body = Health))
+)]
+fn healthz() -> warp::reply::Response {
+    warp::reply::json(&Health { status: "ok" }).into_response()
+}
+
+/// Whether the service can do its work: Postgres and Kafka must answer;
+/// Redis, only a cache, is reported but never makes it unready.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = ReadinessReport),
+        (status = 503, description = "Not ready: a required dependency failed its check.", body = ReadinessReport),
+    )
+)]
+async fn readyz(readiness: Readiness) -> warp::reply::Response {
+    let (ready, checks) = readiness.check().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let report = ReadinessReport {
+        status: if ready { "ready" } else { "not_ready" },
+        checks,
+    };
+    warp::reply::with_status(warp::reply::json(&report), status).into_response()
 }

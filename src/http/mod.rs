@@ -1,13 +1,14 @@
 //! HTTP for every service: the filters shared by all (JSON bodies with a
-//! size limit, health and readiness, `/metrics`, CORS), one module of routes
-//! per service (the gateway's storefront page included), and the server
-//! loop with graceful shutdown and request metrics.
+//! size limit, health and readiness, `/metrics`, `/openapi.json`, CORS), one
+//! module of routes per service (the gateway's storefront page included),
+//! and the server loop with graceful shutdown and request metrics.
 
 pub mod admin;
 pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod openapi;
 pub mod order;
 pub mod product;
 pub mod storefront;
@@ -44,7 +45,18 @@ pub fn json_body<T: DeserializeOwned + Send>(
         .and(warp::body::json())
 }
 
-/// `GET /metrics`: the process's metrics for Prometheus.
+/// The process's metrics for Prometheus, in the OpenMetrics text format:
+/// HTTP requests, saga outcomes and durations, outbox backlog, consumer
+/// lag, WebSocket connections, dead letters. In `shop all` every port
+/// serves the same process-wide figures.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Every metric.", body = String,
+               content_type = "application/openmetrics-text"))
+)]
 fn metrics_route() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path!("metrics").and(warp::get()).map(|| {
         let mut response = shop_actors::metrics::metrics().encode().into_response();
@@ -67,6 +79,8 @@ pub fn serve(
     // One span per request, named after the service, for the logs; every
     // answer, errors included, counted and timed.
     let answered = metrics_route()
+        .or(openapi::route(name))
+        .unify()
         .or(routes)
         .unify()
         .recover(error::recover)

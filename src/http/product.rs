@@ -1,10 +1,11 @@
 //! Routes of the product service: the catalogue (read cache-aside through
 //! Redis) and the two writes, creating a product and setting its stock.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::json_body;
 use serde::Deserialize;
 use shop_actors::product::model::validate_stock;
+use shop_actors::product::model::Product;
 use shop_actors::product::{Catalog, NewProduct};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -14,11 +15,17 @@ use warp::{Filter, Rejection, Reply};
 /// Most ids one `GET /products?ids=` may ask for.
 const MAX_IDS: usize = 100;
 
+/// The product service's part of its OpenAPI document (`GET /openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, get, create, set_stock))]
+pub struct ProductApi;
+
 /// Body of `PUT /products/{id}/stock`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
-    /// The new absolute stock level.
+    /// The new absolute stock level, 0 to 1000000000.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: i32,
 }
 
@@ -60,6 +67,23 @@ pub fn routes(
         .unify()
 }
 
+/// The catalogue, or the products named in `ids` (public).
+#[utoipa::path(
+    get,
+    path = "/products",
+    operation_id = "listProducts",
+    tag = "products",
+    params(
+        ("ids" = Option<String>, Query,
+         pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})*$",
+         description = "Comma-separated product ids (at most 100); unknown ids are left out."),
+    ),
+    responses(
+        (status = 200, description = "The products.", body = Vec<Product>),
+        (status = 400, description = "An id is not a UUID, or more than 100 ids.", body = ErrorBody),
+        (status = 503, description = "Postgres is unavailable.", body = ErrorBody),
+    )
+)]
 async fn list(
     query: HashMap<String, String>,
     catalog: Catalog,
@@ -84,6 +108,19 @@ async fn list(
     Ok(warp::reply::json(&products).into_response())
 }
 
+/// One product with its current stock (public).
+#[utoipa::path(
+    get,
+    path = "/products/{id}",
+    operation_id = "getProduct",
+    tag = "products",
+    params(("id" = Uuid, Path, description = "The product id.")),
+    responses(
+        (status = 200, description = "The product.", body = Product),
+        (status = 404, description = "No such product.", body = ErrorBody),
+        (status = 503, description = "Postgres is unavailable.", body = ErrorBody),
+    )
+)]
 async fn get(id: Uuid, catalog: Catalog) -> Result<warp::reply::Response, Rejection> {
     match catalog.get(id).await.map_err(ApiError::from)? {
         Some(product) => Ok(warp::reply::json(&product).into_response()),
@@ -91,6 +128,29 @@ async fn get(id: Uuid, catalog: Catalog) -> Result<warp::reply::Response, Reject
     }
 }
 
+/// Create a product (admin).
+#[utoipa::path(
+    post,
+    path = "/products",
+    operation_id = "createProduct",
+    tag = "products",
+    security(("bearer" = [])),
+    request_body = NewProduct,
+    responses(
+        (status = 201, description = "Created.", body = Product,
+         headers(("location" = String, description = "`/products/{id}`")),
+         links(
+             ("getProduct" = (operation_id = "getProduct",
+                              parameters(("id" = "$response.body#/id")))),
+             ("setStock" = (operation_id = "setStock",
+                            parameters(("id" = "$response.body#/id")))),
+         )),
+        (status = 403, description = "The token is not an admin's.", body = ErrorBody),
+        (status = 409, description = "A product with this SKU exists.", body = ErrorBody),
+        (status = 422, description = "A field is out of range; the message names it.", body = ErrorBody),
+        (status = 503, description = "Postgres is unavailable; nothing was written.", body = ErrorBody),
+    )
+)]
 async fn create(product: NewProduct, catalog: Catalog) -> Result<warp::reply::Response, Rejection> {
     product.validate().map_err(ApiError::Validation)?;
     let created = catalog.create(product).await.map_err(ApiError::from)?;
@@ -99,6 +159,23 @@ async fn create(product: NewProduct, catalog: Catalog) -> Result<warp::reply::Re
     Ok(warp::reply::with_header(reply, "location", location).into_response())
 }
 
+/// Set a product's stock (admin).
+#[utoipa::path(
+    put,
+    path = "/products/{id}/stock",
+    operation_id = "setStock",
+    tag = "products",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The product id.")),
+    request_body = SetStock,
+    responses(
+        (status = 200, description = "The restocked product.", body = Product),
+        (status = 403, description = "The token is not an admin's.", body = ErrorBody),
+        (status = 404, description = "No such product.", body = ErrorBody),
+        (status = 422, description = "`stock` is out of range.", body = ErrorBody),
+        (status = 503, description = "Postgres is unavailable; nothing was written.", body = ErrorBody),
+    )
+)]
 async fn set_stock(
     id: Uuid,
     body: SetStock,

@@ -11,7 +11,7 @@
 //! route does not exist (404): a real deployment gets tokens from its
 //! identity provider, never from an open endpoint.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::json_body;
 use crate::auth::{Authenticator, Role};
 use serde::{Deserialize, Serialize};
@@ -53,8 +53,14 @@ pub struct BadUrl {
     url: String,
 }
 
+/// The gateway's plain HTTP routes in its OpenAPI document (`GET /ws`, the
+/// WebSocket, is described in the README, section "WebSocket protocol").
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(index, asset, page_config, mint_dev_token))]
+pub struct StorefrontApi;
+
 /// `GET /config.json`: where the page finds the other services.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 struct PageConfig {
     /// Product service base URL (no trailing slash).
     product_url: String,
@@ -65,15 +71,16 @@ struct PageConfig {
 }
 
 /// Body of `POST /dev/token`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevTokenRequest {
-    /// The customer to sign a token for.
+    /// The customer to sign a token for: 1 to 64 letters, digits or `-_.@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$", example = "alice")]
     customer: String,
 }
 
 /// Answer of `POST /dev/token`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DevToken {
     /// A customer bearer token.
     token: String,
@@ -131,45 +138,15 @@ pub fn routes(
     let index = warp::path::end()
         .and(warp::get())
         .and(with_page.clone())
-        .map(|page: Arc<Page>| {
-            let mut response = page.index.clone().into_response();
-            set(&mut response, "text/html; charset=utf-8", "no-cache");
-            response
-                .headers_mut()
-                .insert("content-security-policy", page.csp.clone());
-            response
-        });
+        .map(index);
     let asset = warp::path!("assets" / String / String)
         .and(warp::get())
         .and(with_page.clone())
-        .and_then(
-            |version: String, name: String, page: Arc<Page>| async move {
-                let (body, content_type) = match name.as_str() {
-                    "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
-                    "app.css" => (APP_CSS, "text/css; charset=utf-8"),
-                    "favicon.svg" => (FAVICON_SVG, "image/svg+xml"),
-                    _ => return Err(warp::reject::not_found()),
-                };
-                // A page from an older binary may ask for its old version: it
-                // gets today's file, which must not be cached under that name.
-                let cache = if version == page.version {
-                    "public, max-age=31536000, immutable"
-                } else {
-                    "no-cache"
-                };
-                let mut response = body.into_response();
-                set(&mut response, content_type, cache);
-                Ok::<_, Rejection>(response)
-            },
-        );
+        .and_then(asset);
     let page_config = warp::path!("config.json")
         .and(warp::get())
         .and(with_page)
-        .map(|page: Arc<Page>| {
-            let mut response = warp::reply::json(&page.config).into_response();
-            set(&mut response, "application/json", "no-store");
-            response
-        });
+        .map(page_config);
     let dev_tokens = config.dev_tokens;
     let dev_token = warp::path!("dev" / "token")
         .and(warp::post())
@@ -194,6 +171,95 @@ pub fn routes(
         .unify())
 }
 
+/// The storefront page.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "storefrontPage",
+    tag = "storefront",
+    responses((status = 200, description = "The page, with a strict Content-Security-Policy.",
+               body = String, content_type = "text/html"))
+)]
+fn index(page: Arc<Page>) -> warp::reply::Response {
+    let mut response = page.index.clone().into_response();
+    set(&mut response, "text/html; charset=utf-8", "no-cache");
+    response
+        .headers_mut()
+        .insert("content-security-policy", page.csp.clone());
+    response
+}
+
+/// One of the page's assets, named by a digest of their content so it can
+/// be cached for ever.
+#[utoipa::path(
+    get,
+    path = "/assets/{version}/{name}",
+    operation_id = "storefrontAsset",
+    tag = "storefront",
+    params(
+        ("version" = String, Path, description = "The assets' digest, as `/` names it; another version gets today's file, uncached."),
+        ("name" = String, Path, description = "`app.js`, `app.css` or `favicon.svg`."),
+    ),
+    responses(
+        (status = 200, description = "The file.",
+         content((String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml"))),
+        (status = 404, description = "No such asset.", body = ErrorBody),
+    )
+)]
+async fn asset(
+    version: String,
+    name: String,
+    page: Arc<Page>,
+) -> Result<warp::reply::Response, Rejection> {
+    let (body, content_type) = match name.as_str() {
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "favicon.svg" => (FAVICON_SVG, "image/svg+xml"),
+        _ => return Err(warp::reject::not_found()),
+    };
+    // A page from an older binary may ask for its old version: it gets
+    // today's file, which must not be cached under that name.
+    let cache = if version == page.version {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    let mut response = body.into_response();
+    set(&mut response, content_type, cache);
+    Ok(response)
+}
+
+/// Where the page finds the product and order services, and whether it
+/// may ask for development tokens.
+#[utoipa::path(
+    get,
+    path = "/config.json",
+    operation_id = "storefrontConfig",
+    tag = "storefront",
+    responses((status = 200, description = "The page's configuration.", body = PageConfig))
+)]
+fn page_config(page: Arc<Page>) -> warp::reply::Response {
+    let mut response = warp::reply::json(&page.config).into_response();
+    set(&mut response, "application/json", "no-store");
+    response
+}
+
+/// A customer token for the page's customer picker: development mode only
+/// (neither `JWT_SECRET` nor `JWT_PUBLIC_KEY_FILE` set); otherwise this
+/// route does not exist.
+#[utoipa::path(
+    post,
+    path = "/dev/token",
+    operation_id = "devToken",
+    tag = "storefront",
+    request_body = DevTokenRequest,
+    responses(
+        (status = 200, description = "A customer token.", body = DevToken),
+        (status = 404, description = "Not in development mode.", body = ErrorBody),
+        (status = 422, description = "`customer` is not 1 to 64 letters, digits or `-_.@`.", body = ErrorBody),
+        (status = 503, description = "The token could not be signed.", body = ErrorBody),
+    )
+)]
 async fn mint_dev_token(
     request: DevTokenRequest,
     auth: Authenticator,

@@ -2,8 +2,9 @@
 //! answering with the right data from Postgres, and the cache refills when
 //! it returns.
 
-use crate::helpers::{spawn_app_with, Options};
-use serde_json::Value;
+use crate::helpers::{spawn_app_with, token, Options};
+use serde_json::{json, Value};
+use shop::auth::Role;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -70,11 +71,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Product cache entries (the catalogue and single products).
 async fn cached_keys(url: &str, prefix: &str) -> usize {
+    keys(url, &format!("{prefix}:product*")).await
+}
+
+async fn keys(url: &str, pattern: &str) -> usize {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
+        .arg(pattern)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -110,10 +116,20 @@ async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let alice = token("alice", Role::Customer);
+    let mut ws = app.websocket_as("/ws", &alice).await;
+    ws.subscribe_mine().await;
+
     redis.stop();
     // Orders go through and reads show the right stock, from Postgres.
     let order_id = app.order(product, 3, "tok_visa").await;
     assert_eq!(app.wait_terminal(order_id).await["status"], "CONFIRMED");
+    // Every update still reaches WebSocket clients, and a snapshot comes
+    // from the order service instead of the gateway's history.
+    assert_eq!(ws.statuses_until_terminal(order_id).await.len(), 4);
+    ws.send_json(&json!({"type": "subscribe", "order_id": order_id}))
+        .await;
+    assert_eq!(ws.wait_for("snapshot").await["status"], "CONFIRMED");
     assert_eq!(read_stock().await, 7);
     let listed = app
         .http
@@ -148,6 +164,23 @@ async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() 
             "cache never refilled"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The gateway's history starts again with updates read once it has
+    // waited out its pause after the last failed write (5 s).
+    let plenty = app.create_product(100).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = app.order(plenty, 1, "tok_visa").await;
+        assert_eq!(ws.statuses_until_terminal(after).await.len(), 4);
+        let pattern = format!("{}:gateway:*:order:{after}", app.db_name);
+        if keys(&redis.url(), &pattern).await > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway's history never restarted"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     app.teardown().await;
 }

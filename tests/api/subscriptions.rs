@@ -270,3 +270,32 @@ impl WsClient {
         }
     }
 }
+
+#[tokio::test]
+async fn stock_changes_reach_every_client_following_stock() {
+    let app = spawn_app_with(Options::default()).await;
+    let product = app.create_product(5).await;
+    let mut ws = app
+        .websocket_as("/ws", &token("carol", Role::Customer))
+        .await;
+    ws.send_json(&json!({"type": "subscribe", "scope": "stock"}))
+        .await;
+    assert_eq!(ws.wait_for("subscribed").await["scope"], "stock");
+    // Someone else's orders: one reserves 2 and is confirmed, one reserves
+    // 1 and is declined, which puts it back.
+    let confirmed = app.order(product, 2, "tok_visa").await;
+    app.wait_terminal(confirmed).await;
+    let declined = app.order(product, 1, "tok_chargeDeclined").await;
+    app.wait_terminal(declined).await;
+    let mut levels = Vec::new();
+    while levels.len() < 3 {
+        let message = ws.wait_for("stock").await;
+        assert_eq!(message["product_id"], product.to_string(), "{message}");
+        assert!(message["at"].is_string(), "{message}");
+        levels.push(message["stock"].as_i64().unwrap());
+    }
+    assert_eq!(levels, [3, 2, 3]);
+    // Order updates are not part of it.
+    assert!(ws.next_json(Duration::from_millis(300)).await.is_none());
+    app.teardown().await;
+}

@@ -100,5 +100,33 @@ async fn bad_websocket_query_is_a_json_400() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_request");
+
+    // Not a WebSocket handshake at all, or one of another version: the
+    // caller is told what is missing, in the same JSON shape.
+    let url = format!("{}/ws", app.ws_url.replace("ws://", "http://"));
+    let plain = app.http.get(&url).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    let body: serde_json::Value = plain.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert!(
+        body["message"].as_str().unwrap().contains("Upgrade"),
+        "{body}"
+    );
+    let old = app
+        .http
+        .get(&url)
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 400);
+    let body: serde_json::Value = old.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("version"),
+        "{body}"
+    );
     app.teardown().await;
 }

@@ -2,13 +2,13 @@
 //! short-lived and never restarted (the client reconnects); the supervisor
 //! only keeps count and makes sure a crashed connection is unsubscribed.
 
+use super::connection::WebSocket;
 use super::connection::{ConnectionArgs, ConnectionPolicy, WsConnection};
 use super::hub::HubMsg;
 use super::orders::OrderLookup;
 use super::protocol::ClientMessage;
 use crate::auth::Principal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use warp::ws::WebSocket;
 
 /// The connection supervisor; see the module documentation.
 pub struct ConnectionSupervisor;

@@ -1,7 +1,7 @@
 //! `Hub`: who follows what. Connections subscribe to topics — one order,
-//! every order of one customer, or (admins) every order — and each order
-//! status update from Kafka is handed to exactly the connections that
-//! follow one of its topics.
+//! every order of one customer, (admins) every order, or the catalogue's
+//! stock — and each update from Kafka is handed to exactly the connections
+//! that follow one of its topics.
 
 use super::connection::ConnectionHandle;
 use crate::events::{Envelope, Event, OrderStatus, RejectReason};
@@ -53,6 +53,47 @@ impl StatusUpdate {
     }
 }
 
+/// A product's stock after a reservation or a release, as pushed to
+/// clients following `stock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StockChange {
+    /// The product.
+    pub product_id: Uuid,
+    /// Units in stock once the change committed.
+    pub stock: i32,
+    /// When it committed; a client keeps the latest per product, since
+    /// changes of one product may come from different partitions.
+    pub at: DateTime<Utc>,
+}
+
+impl StockChange {
+    /// The stock changes an `inventory-events` envelope announces.
+    pub fn from_envelope(envelope: &Envelope) -> Vec<Self> {
+        let levels = match &envelope.event {
+            Event::InventoryReserved(reserved) => &reserved.items,
+            Event::InventoryReleased(released) => &released.items,
+            _ => return Vec::new(),
+        };
+        levels
+            .iter()
+            .map(|level| Self {
+                product_id: level.product_id,
+                stock: level.stock,
+                at: envelope.occurred_at,
+            })
+            .collect()
+    }
+}
+
+/// What the hub hands a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An order's status changed.
+    Status(StatusUpdate),
+    /// A product's stock changed.
+    Stock(StockChange),
+}
+
 /// What a connection can follow.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -62,6 +103,8 @@ pub enum Topic {
     Customer(String),
     /// Every order (admins only; checked by the connection).
     All,
+    /// Every product's stock.
+    Stock,
 }
 
 /// The hub actor; see the module documentation.
@@ -99,6 +142,8 @@ pub enum HubMsg {
     },
     /// Hands an update to everyone following its order, its customer, or all.
     Publish(StatusUpdate),
+    /// Hands a stock change to everyone following `stock`.
+    PublishStock(StockChange),
     /// How many connections follow something.
     Count {
         /// The number of distinct connections.
@@ -156,9 +201,20 @@ impl Actor for Hub {
                 let mut gone = Vec::new();
                 for topic in &topics {
                     for (id, connection) in state.followers.get(topic).into_iter().flatten() {
-                        if sent.insert(*id) && !connection.push(update.clone()) {
+                        if sent.insert(*id) && !connection.push(Outbound::Status(update.clone())) {
                             gone.push(*id);
                         }
+                    }
+                }
+                for id in gone {
+                    disconnect(state, id);
+                }
+            }
+            HubMsg::PublishStock(change) => {
+                let mut gone = Vec::new();
+                for (id, connection) in state.followers.get(&Topic::Stock).into_iter().flatten() {
+                    if !connection.push(Outbound::Stock(change.clone())) {
+                        gone.push(*id);
                     }
                 }
                 for id in gone {

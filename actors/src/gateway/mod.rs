@@ -5,20 +5,25 @@
 //! ├── Hub                    who follows which order (essential)
 //! ├── ConnectionSupervisor   one WsConnection per client (essential)
 //! │   └── WsConnection ...
-//! └── EventConsumer          order-events -> OrderUpdates (restartable)
+//! ├── EventConsumer          order-events -> OrderUpdates (restartable)
+//! └── EventConsumer          inventory-events -> StockUpdates (restartable)
 //! ```
 //!
-//! Each gateway process reads every partition of `order-events` from the
-//! moment it starts (no consumer group), so every replica sees every update
-//! and a client may connect to any. What a client missed while it was away
-//! (or before this replica started) comes from the order service when it
-//! subscribes, so no replica needs history of its own.
+//! Each gateway process reads every partition of `order-events` (no
+//! consumer group), so every replica sees every update and a client may
+//! connect to any. Each update is written to the order history in Redis
+//! ([`history`]) before it is pushed; a reader resumes where the history
+//! says, so a restart misses nothing. What a client missed while it was
+//! away comes from that history when it subscribes, or from the order
+//! service when Redis cannot prove it has all of it.
 
 pub mod connection;
 pub mod connections;
+pub mod history;
 pub mod hub;
 pub mod orders;
 pub mod protocol;
+pub mod requests;
 
 use crate::auth::Principal;
 use crate::events::{topics, Envelope};
@@ -28,11 +33,13 @@ use crate::rpc::{ask, RpcError, DEFAULT_TIMEOUT};
 use crate::service::{self, Infra, RunningService};
 use crate::supervisor::{self as sup, ChildKind};
 use crate::StartError;
+use connection::WebSocket;
 use connections::{ConnectionSupervisor, ConnectionsArgs, ConnectionsMsg};
-use hub::{Hub, HubMsg, StatusUpdate};
+use history::History;
+use hub::{Hub, HubMsg, StatusUpdate, StockChange};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
-use warp::ws::WebSocket;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 pub use connection::ConnectionPolicy;
 pub use protocol::{ClientMessage, Scope, ServerMessage};
@@ -46,17 +53,46 @@ pub struct GatewayConfig {
     pub policy: ConnectionPolicy,
 }
 
-/// Hands `order-events` to the hub.
+/// Hands `order-events` to the hub, after writing them to the history.
 pub struct OrderUpdates {
     /// The hub.
     pub hub: ActorRef<HubMsg>,
+    /// The order history in Redis.
+    pub history: History,
 }
 
 impl EventHandler for OrderUpdates {
     async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
-        for update in batch.iter().filter_map(StatusUpdate::from_envelope) {
+        let updates: Vec<StatusUpdate> = batch
+            .iter()
+            .filter_map(StatusUpdate::from_envelope)
+            .collect();
+        // First the history, then the push: a client that subscribes after
+        // the push finds the update in Redis (or is sent to the order
+        // service, if writing it failed).
+        self.history.record(&updates).await;
+        for update in updates {
             self.hub
                 .send_message(HubMsg::Publish(update))
+                .map_err(|_| HandlerError::Transient("hub is not running".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands the stock levels of `inventory-events` to the hub. Stock is read
+/// from the end when the gateway starts: a client wants the stock from now
+/// on, having read the catalogue itself.
+pub struct StockUpdates {
+    /// The hub.
+    pub hub: ActorRef<HubMsg>,
+}
+
+impl EventHandler for StockUpdates {
+    async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
+        for change in batch.iter().flat_map(StockChange::from_envelope) {
+            self.hub
+                .send_message(HubMsg::PublishStock(change))
                 .map_err(|_| HandlerError::Transient("hub is not running".into()))?;
         }
         Ok(())
@@ -70,10 +106,54 @@ pub struct Gateway {
     connections: ActorRef<ConnectionsMsg>,
 }
 
+/// Largest frame or message a client may send (requests are tiny).
+pub const MAX_FRAME: usize = 4 * 1024;
+/// Bytes read from a client socket at a time. tungstenite reserves this
+/// much per connection up front (128 KiB by default, most of an idle
+/// connection's memory); client requests are a few hundred bytes, and a
+/// larger frame still arrives, only in more reads.
+const READ_BUFFER: usize = 1024;
+
 impl Gateway {
+    /// Finishes a WebSocket upgrade the HTTP layer accepted (it answered
+    /// `101 Switching Protocols`): once the connection is handed over, it
+    /// gets its connection actor. Runs in its own task, so the response is
+    /// sent first.
+    pub fn upgrade(
+        &self,
+        on_upgrade: warp::hyper::upgrade::OnUpgrade,
+        principal: Principal,
+        token: String,
+        initial: Option<ClientMessage>,
+    ) {
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                // Write each push as it comes: they are small, and latency counts.
+                .write_buffer_size(0)
+                .max_message_size(Some(MAX_FRAME))
+                .max_frame_size(Some(MAX_FRAME));
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            gateway.open(socket, principal, token, initial);
+        });
+    }
+
     /// Gives an upgraded socket of `principal` its connection actor, with
     /// an optional first request.
-    pub fn open(
+    fn open(
         &self,
         socket: WebSocket,
         principal: Principal,
@@ -146,6 +226,7 @@ pub struct GatewayService {
 pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayService, StartError> {
     let service = RunningService::start("gateway").await?;
     let supervisor = &service.supervisor;
+    let history = History::new(infra.redis.clone(), &infra.redis_prefix);
     let (hub, _) = Actor::spawn_linked(None, Hub, (), supervisor.get_cell()).await?;
     sup::adopt(supervisor, hub.get_cell(), "hub", ChildKind::Essential).await?;
     let (connections, _) = Actor::spawn_linked(
@@ -153,7 +234,7 @@ pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayServi
         ConnectionSupervisor,
         ConnectionsArgs {
             hub: hub.clone(),
-            lookup: orders::OrderLookup::new(&config.order_url),
+            lookup: orders::OrderLookup::new(&config.order_url, history.clone()),
             policy: config.policy,
         },
         supervisor.get_cell(),
@@ -169,9 +250,23 @@ pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayServi
     service::start_consumer(
         supervisor,
         infra,
-        Subscription::Broadcast,
+        Subscription::Broadcast {
+            cursor: Some(Arc::new(history.clone())),
+        },
         vec![topics::ORDER_EVENTS],
-        Arc::new(OrderUpdates { hub: hub.clone() }),
+        Arc::new(OrderUpdates {
+            hub: hub.clone(),
+            history,
+        }),
+        None,
+    )
+    .await?;
+    service::start_consumer(
+        supervisor,
+        infra,
+        Subscription::Broadcast { cursor: None },
+        vec![topics::INVENTORY_EVENTS],
+        Arc::new(StockUpdates { hub: hub.clone() }),
         None,
     )
     .await?;

@@ -1,13 +1,13 @@
 //! The WebSocket protocol: what a client sends and what the gateway answers,
 //! each a JSON text frame tagged by `type`. See `docs/events.md`.
 
-use super::hub::StatusUpdate;
+use super::hub::{StatusUpdate, StockChange};
 use crate::events::{OrderStatus, RejectReason};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// What many orders a subscription covers.
+/// What a scope subscription covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -15,6 +15,8 @@ pub enum Scope {
     Mine,
     /// Every order (admins only).
     All,
+    /// Every product's stock changes (anyone).
+    Stock,
 }
 
 /// A client's request.
@@ -67,6 +69,8 @@ pub enum ServerMessage {
     },
     /// One status change.
     Update(StatusUpdate),
+    /// One product's new stock.
+    Stock(StockChange),
     /// The subscription is active: every later change will be pushed.
     Subscribed {
         /// The order, for an order subscription.
@@ -147,6 +151,28 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<ClientMessage>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stock_is_a_scope_and_its_changes_a_message_of_their_own() {
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe","scope":"stock"}"#)
+                .unwrap(),
+            ClientMessage::Subscribe {
+                order_id: None,
+                last_seq: None,
+                scope: Some(Scope::Stock)
+            }
+        );
+        let change = StockChange {
+            product_id: Uuid::nil(),
+            stock: 7,
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let json = serde_json::to_value(ServerMessage::Stock(change)).unwrap();
+        assert_eq!(json["type"], "stock");
+        assert_eq!(json["stock"], 7);
+        assert_eq!(json["product_id"], Uuid::nil().to_string());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! handled or dead-lettered, and one bad message never blocks the others.
 
 use crate::events::Envelope;
+use crate::kafka::cursor::{partition_ranges, starting_offsets, BroadcastCursor, Positions};
 use crate::kafka::dead_letters::{self, Failure};
 use crate::kafka::rebalance::{RebalanceListener, ShopContext};
 use crate::kafka::KafkaSettings;
@@ -73,10 +74,13 @@ pub enum Subscription {
         /// The group's name.
         group_id: String,
     },
-    /// Read every partition, starting at the end as it is when the consumer
-    /// starts, with no group: every process sees every message published
-    /// after it started (what each gateway replica needs).
-    Broadcast,
+    /// Read every partition, with no group: every process sees every
+    /// message (what each gateway replica needs). Reading starts where the
+    /// cursor says, or at the end as it is when the consumer starts.
+    Broadcast {
+        /// Remembers how far this reader got, across restarts.
+        cursor: Option<Arc<dyn BroadcastCursor>>,
+    },
 }
 
 /// Start-up arguments of an [`EventConsumer`].
@@ -159,7 +163,7 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
                 consumer.subscribe(&args.topics)?;
                 (consumer, group_id.clone())
             }
-            Subscription::Broadcast => {
+            Subscription::Broadcast { cursor } => {
                 let mut config = args.settings.consumer_config("shop-broadcast", true);
                 config.set("enable.auto.commit", "false");
                 let consumer: Arc<StreamConsumer<ShopContext>> =
@@ -167,9 +171,28 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
                 let topics = args.topics.clone();
                 let assigner = consumer.clone();
                 // Metadata and watermark requests block: keep them off the runtime.
-                tokio::task::spawn_blocking(move || assign_at_end(&assigner, &topics)).await??;
+                let ranges =
+                    tokio::task::spawn_blocking(move || partition_ranges(&assigner, &topics))
+                        .await??;
+                let chosen = match cursor {
+                    Some(cursor) => cursor.start(&ranges).await,
+                    None => Positions::new(),
+                };
+                let mut assignment = rdkafka::TopicPartitionList::new();
+                for ((topic, partition), offset) in starting_offsets(&ranges, &chosen) {
+                    assignment.add_partition_offset(
+                        &topic,
+                        partition,
+                        rdkafka::Offset::Offset(offset),
+                    )?;
+                }
+                consumer.assign(&assignment)?;
                 (consumer, "broadcast".to_owned())
             }
+        };
+        let cursor = match &args.subscription {
+            Subscription::Broadcast { cursor } => cursor.clone(),
+            Subscription::Group { .. } => None,
         };
         let (stop, stop_rx) = watch::channel(false);
         let poll_loop = tokio::spawn(poll_loop(
@@ -181,6 +204,7 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
                 producer: args.producer,
                 group: label,
             },
+            cursor,
         ));
         Ok(ConsumerState {
             consumer,
@@ -255,28 +279,6 @@ fn partition_counts(
     Ok(counts)
 }
 
-/// Assigns every partition of `topics` at its current end, so that exactly
-/// the messages published from now on are read.
-fn assign_at_end(
-    consumer: &StreamConsumer<ShopContext>,
-    topics: &[&str],
-) -> rdkafka::error::KafkaResult<()> {
-    let timeout = Duration::from_secs(10);
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-            assignment.add_partition_offset(
-                topic,
-                partition.id(),
-                rdkafka::Offset::Offset(high),
-            )?;
-        }
-    }
-    consumer.assign(&assignment)
-}
-
 /// One message as read, kept whole until its offset is stored: its position
 /// to store, and its original bytes in case it has to be dead-lettered.
 struct Received {
@@ -311,6 +313,7 @@ async fn poll_loop<H: EventHandler>(
     mut stop: watch::Receiver<bool>,
     myself: ActorRef<ConsumerMsg>,
     dead_letters: DeadLetters,
+    cursor: Option<Arc<dyn BroadcastCursor>>,
 ) {
     let group = dead_letters.group.as_str();
     loop {
@@ -373,6 +376,16 @@ async fn poll_loop<H: EventHandler>(
             return;
         }
         // Every message is now handled or acknowledged as a dead letter.
+        if let Some(cursor) = &cursor {
+            let mut handled = Positions::new();
+            for message in &received {
+                let next = handled
+                    .entry((message.topic.clone(), message.partition))
+                    .or_insert(0);
+                *next = (*next).max(message.offset + 1);
+            }
+            cursor.advanced(&handled).await;
+        }
         for message in received {
             if let Err(error) =
                 consumer.store_offset(&message.topic, message.partition, message.offset)

@@ -3,6 +3,7 @@
 //! dead-letter topic's reader and replayer.
 
 pub mod consumer;
+pub mod cursor;
 pub mod dead_letters;
 pub mod rebalance;
 
@@ -15,6 +16,7 @@ use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 
 pub use consumer::{ConsumerArgs, EventConsumer, EventHandler, HandlerError, Subscription};
+pub use cursor::{BroadcastCursor, PartitionRange, Positions};
 pub use dead_letters::{DeadLetter, DeadLetterError, Selection};
 pub use rebalance::{RebalanceListener, TopicPartition};
 

@@ -32,7 +32,7 @@ use crate::service::{self, Infra, RunningService};
 use crate::supervisor::{self as sup, ChildKind};
 use crate::StartError;
 use machine::SagaState;
-use model::{OrderItem, OrderSummary, OrderView, PlaceOrder, PlacedOrder};
+use model::{OrderItem, OrderSummary, OrderView, PlaceOrder, PlacedOrder, ValidOrder};
 use products::ProductClient;
 use ractor::{Actor, ActorRef};
 use repo::{NewOrder, OrderRepoMsg};
@@ -93,6 +93,10 @@ impl Orders {
         idempotent: Option<idempotency::IdempotentRequest>,
     ) -> Result<idempotency::Placement, idempotency::PlaceError> {
         use idempotency::{ClaimOutcome, IdempotencyMsg, PlaceError, Placement};
+        // Invalid input is refused before the key is claimed: it is never
+        // stored (Postgres refuses a NUL even inside jsonb, which answered
+        // 503 before), and a retry with a corrected body may use the key.
+        let order = request.validate().map_err(OrderError::Invalid)?;
         let claim = match idempotent {
             None => None,
             Some(request) => {
@@ -115,7 +119,7 @@ impl Orders {
                 }
             }
         };
-        match self.place_new(request, claim.clone()).await {
+        match self.place_new(order, claim.clone()).await {
             Ok(order) => Ok(Placement {
                 status: warp::http::StatusCode::ACCEPTED.as_u16(),
                 order,
@@ -151,10 +155,9 @@ impl Orders {
     /// key in the order's transaction.
     async fn place_new(
         &self,
-        request: PlaceOrder,
+        order: ValidOrder,
         claim: Option<idempotency::Claim>,
     ) -> Result<PlacedOrder, idempotency::PlaceError> {
-        let order = request.validate().map_err(OrderError::Invalid)?;
         let ids: Vec<Uuid> = order.lines.iter().map(|(id, _)| *id).collect();
         let products = self
             .products

@@ -12,28 +12,44 @@ pub const MAX_LINES: usize = 50;
 pub const MAX_QUANTITY: i64 = 1000;
 
 /// Body of `POST /orders`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "items": [{"product_id": "00000000-0000-4000-8000-000000000001", "quantity": 2}],
+    "payment_token": "tok_visa"
+}))]
 pub struct PlaceOrder {
     /// Who is ordering. Over HTTP it comes from the bearer token; a body
     /// may repeat it, but not name someone else.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer_id: Option<String>,
-    /// What, and how many.
+    /// What, and how many (at most 50 distinct products).
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<ItemInput>,
     /// Stripe-style test token choosing the simulated payment outcome;
-    /// `tok_visa` when absent.
+    /// `tok_visa` when absent. Approve: `tok_visa`, `tok_visa_debit`,
+    /// `tok_mastercard`, `tok_amex`; decline: `tok_chargeDeclined`,
+    /// `tok_chargeDeclinedInsufficientFunds`, `tok_chargeDeclinedFraudulent`,
+    /// `tok_chargeDeclinedExpiredCard`.
     #[serde(default)]
+    #[schema(example = "tok_visa")]
     pub payment_token: Option<String>,
 }
 
 /// One requested line, before validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemInput {
     /// The product.
     pub product_id: Uuid,
-    /// Units; parsed wide so that a negative or huge number gets a clear message.
+    /// Units, 1 to 1000; parsed wide so that a negative or huge number gets
+    /// a clear message.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
@@ -57,8 +73,15 @@ impl PlaceOrder {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        if customer_id.is_empty() || customer_id.len() > 128 {
-            return Err("customer_id must be 1 to 128 characters".into());
+        // Control characters have no place in an id, and Postgres refuses
+        // NUL in text: without this check it was a 503, not a 422.
+        if customer_id.is_empty()
+            || customer_id.len() > 128
+            || customer_id.chars().any(char::is_control)
+        {
+            return Err(
+                "customer_id must be 1 to 128 characters, none of them control characters".into(),
+            );
         }
         if self.items.is_empty() {
             return Err("items must not be empty".into());
@@ -103,7 +126,7 @@ impl PlaceOrder {
 }
 
 /// The answer to `POST /orders`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlacedOrder {
     /// The new order's id.
     pub order_id: Uuid,
@@ -112,7 +135,7 @@ pub struct PlacedOrder {
 }
 
 /// One line of an order as stored, with the price it was sold at.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct OrderItem {
     /// The product.
     pub product_id: Uuid,
@@ -125,7 +148,7 @@ pub struct OrderItem {
 }
 
 /// One entry of an order's status history.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StatusEntry {
     /// Per-order sequence number.
     pub seq: i32,
@@ -139,7 +162,7 @@ pub struct StatusEntry {
 }
 
 /// The answer to `GET /orders/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     /// The order.
     pub order_id: Uuid,
@@ -165,7 +188,7 @@ pub struct OrderView {
 }
 
 /// One row of `GET /orders?customer_id=`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderSummary {
     /// The order.
     pub order_id: Uuid,
@@ -229,6 +252,9 @@ mod tests {
         let mut blank = order(vec![(id, 1)]);
         blank.customer_id = Some("  ".into());
         assert!(blank.validate().unwrap_err().contains("customer_id"));
+        let mut nul = order(vec![(id, 1)]);
+        nul.customer_id = Some("ali\u{0}ce".into());
+        assert!(nul.validate().unwrap_err().contains("customer_id"));
         let mut token = order(vec![(id, 1)]);
         token.payment_token = Some("tok_bogus".into());
         assert!(token.validate().unwrap_err().contains("payment_token"));

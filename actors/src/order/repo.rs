@@ -32,7 +32,7 @@ pub struct NewOrder {
 }
 
 /// A saga an operator should look at.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StuckSaga {
     /// The order.
     pub order_id: Uuid,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A product with its current stock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     /// Stable identifier.
     pub id: Uuid,
@@ -27,22 +27,41 @@ pub struct Product {
 }
 
 /// Body of `POST /products`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// Unique stock-keeping unit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
+        example = "MUG-001"
+    )]
     pub sku: String,
     /// Display name.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
+        example = "Espresso mug"
+    )]
     pub name: String,
     /// Display description.
     #[serde(default)]
+    #[schema(
+        max_length = 2000,
+        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub description: String,
     /// Unit price in cents.
+    #[schema(minimum = 0, maximum = 100_000_000, example = 1200)]
     pub price_cents: i64,
     /// ISO 4217 code; the shop sells in one currency, EUR.
     #[serde(default = "default_currency")]
+    #[schema(pattern = "^EUR$", example = "EUR")]
     pub currency: String,
     /// Initial stock.
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 120)]
     pub stock: i32,
 }
 
@@ -57,15 +76,30 @@ pub const MAX_STOCK: i32 = 1_000_000_000;
 impl NewProduct {
     /// Checks the fields a client controls; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
+        // Control characters are refused (line breaks only in the
+        // description): Postgres refuses NUL in text, which answered 503
+        // instead of 422 before.
         let sku = self.sku.trim();
-        if sku.is_empty() || sku.len() > 64 {
-            return Err("sku must be 1 to 64 characters".into());
+        if sku.is_empty() || sku.len() > 64 || sku.chars().any(char::is_control) {
+            return Err("sku must be 1 to 64 characters, none of them control characters".into());
         }
-        if self.name.trim().is_empty() || self.name.len() > 200 {
-            return Err("name must be 1 to 200 characters".into());
+        if self.name.trim().is_empty()
+            || self.name.len() > 200
+            || self.name.chars().any(char::is_control)
+        {
+            return Err("name must be 1 to 200 characters, none of them control characters".into());
         }
-        if self.description.len() > 2000 {
-            return Err("description must be at most 2000 characters".into());
+        if self.description.len() > 2000
+            || self
+                .description
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(
+                "description must be at most 2000 characters, with no control characters \
+                 but line breaks and tabs"
+                    .into(),
+            );
         }
         if !(0..=100_000_000).contains(&self.price_cents) {
             return Err("price_cents must be between 0 and 100000000".into());
@@ -108,8 +142,11 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         type Breakage = fn(&mut NewProduct);
-        let cases: [(Breakage, &str); 5] = [
+        let cases: [(Breakage, &str); 8] = [
             (|p| p.sku = " ".into(), "sku"),
+            (|p| p.sku = "A\u{0}B".into(), "sku"),
+            (|p| p.name = "Mug\u{7}".into(), "name"),
+            (|p| p.description = "nul\u{0}".into(), "description"),
             (|p| p.name = String::new(), "name"),
             (|p| p.price_cents = -1, "price_cents"),
             (|p| p.stock = -3, "stock"),
