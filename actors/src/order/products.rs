@@ -35,8 +35,44 @@ pub struct ProductClient {
     http: reqwest::Client,
     /// e.g. `http://127.0.0.1:8081`
     base_url: String,
-    /// Products seen, with when they were fetched (shared by clones).
-    seen: Arc<Mutex<HashMap<Uuid, (Instant, Product)>>>,
+    /// Products seen (shared by clones).
+    seen: Arc<Mutex<Remembered>>,
+}
+
+/// Products fetched, with when; what [`ProductClient`] answers without
+/// asking. Kept apart from the HTTP so its rules can be tested on their own.
+#[derive(Default)]
+struct Remembered {
+    products: HashMap<Uuid, (Instant, Product)>,
+}
+
+impl Remembered {
+    /// Splits `ids` into products remembered and fresh at `now`, and ids to
+    /// ask for.
+    fn lookup(&self, ids: &[Uuid], now: Instant) -> (Vec<Product>, Vec<Uuid>) {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.products.get(id) {
+                Some((at, product)) if now.duration_since(*at) < REMEMBER_FOR => {
+                    found.push(product.clone())
+                }
+                _ => missing.push(*id),
+            }
+        }
+        (found, missing)
+    }
+
+    /// Remembers `fetched` as of `now`; past [`REMEMBER_AT_MOST`] the
+    /// memory starts over rather than growing.
+    fn remember(&mut self, fetched: &[Product], now: Instant) {
+        if self.products.len() + fetched.len() > REMEMBER_AT_MOST {
+            self.products.clear();
+        }
+        for product in fetched {
+            self.products.insert(product.id, (now, product.clone()));
+        }
+    }
 }
 
 impl ProductClient {
@@ -54,31 +90,19 @@ impl ProductClient {
     /// Names and prices are current; the stock of a remembered product may
     /// not be.
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Product>, ProductLookupError> {
-        let mut found = Vec::with_capacity(ids.len());
-        let mut missing = Vec::new();
-        {
-            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
-                match seen.get(id) {
-                    Some((at, product)) if at.elapsed() < REMEMBER_FOR => {
-                        found.push(product.clone())
-                    }
-                    _ => missing.push(*id),
-                }
-            }
-        }
+        let (mut found, missing) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(ids, Instant::now());
         if missing.is_empty() {
             return Ok(found);
         }
         let fetched = self.fetch(&missing).await?;
-        let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() + fetched.len() > REMEMBER_AT_MOST {
-            seen.clear();
-        }
-        for product in &fetched {
-            seen.insert(product.id, (now, product.clone()));
-        }
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remember(&fetched, Instant::now());
         found.extend(fetched);
         Ok(found)
     }
@@ -105,5 +129,60 @@ impl ProductClient {
             .json()
             .await
             .map_err(|e| ProductLookupError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(name: &str) -> Product {
+        Product {
+            id: Uuid::now_v7(),
+            sku: name.to_uppercase(),
+            name: name.into(),
+            description: String::new(),
+            price_cents: 1250,
+            currency: "EUR".into(),
+            stock: 3,
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_fetched_product_is_answered_until_it_is_a_minute_old() {
+        let (mug, tote) = (product("mug"), product("tote"));
+        let mut memory = Remembered::default();
+        let t0 = Instant::now();
+        memory.remember(std::slice::from_ref(&mug), t0);
+        let (found, missing) = memory.lookup(&[mug.id, tote.id], t0 + Duration::from_secs(59));
+        assert_eq!(found, std::slice::from_ref(&mug));
+        assert_eq!(missing, [tote.id]);
+        let (found, missing) = memory.lookup(&[mug.id], t0 + REMEMBER_FOR);
+        assert!(found.is_empty());
+        assert_eq!(missing, [mug.id]);
+    }
+
+    #[test]
+    fn an_unknown_product_is_asked_for_every_time() {
+        let mut memory = Remembered::default();
+        let unknown = Uuid::now_v7();
+        let now = Instant::now();
+        // The product service answered without it: nothing to remember.
+        memory.remember(&[], now);
+        assert_eq!(memory.lookup(&[unknown], now).1, [unknown]);
+    }
+
+    #[test]
+    fn a_full_memory_starts_over_instead_of_growing() {
+        let mut memory = Remembered::default();
+        let now = Instant::now();
+        let many: Vec<Product> = (0..REMEMBER_AT_MOST).map(|_| product("p")).collect();
+        memory.remember(&many, now);
+        assert_eq!(memory.products.len(), REMEMBER_AT_MOST);
+        let extra = product("extra");
+        memory.remember(std::slice::from_ref(&extra), now);
+        assert_eq!(memory.products.len(), 1);
+        assert_eq!(memory.lookup(&[extra.id], now).0, [extra]);
     }
 }
