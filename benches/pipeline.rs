@@ -97,17 +97,15 @@ fn relay(c: &mut Criterion, rt: &Runtime, db: &BenchDb, broker: &EmbeddedBroker)
         group.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |b, &rows| {
             // Only the round is timed; filling the outbox is not.
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut timed = Duration::ZERO;
-                    for _ in 0..iters {
-                        fill_outbox(&db.pool, rows).await;
-                        let start = Instant::now();
+                timed(
+                    rt,
+                    iters,
+                    async || fill_outbox(&db.pool, rows).await,
+                    async |()| {
                         let (published, _) = publisher.publish_batch().await.expect("publish");
-                        timed += start.elapsed();
                         assert_eq!(published, Some(rows));
-                    }
-                    timed
-                })
+                    },
+                )
             })
         });
     }
@@ -134,19 +132,16 @@ fn consumer(c: &mut Criterion, rt: &Runtime, db: &BenchDb) {
             &size,
             |b, &size| {
                 b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut timed = Duration::ZERO;
-                        for _ in 0..iters {
-                            let batch: Vec<Envelope> =
-                                (0..size).map(|_| authorize("tok_visa")).collect();
-                            let start = Instant::now();
+                    timed(
+                        rt,
+                        iters,
+                        async || (0..size).map(|_| authorize("tok_visa")).collect(),
+                        async |batch| {
                             shop_actors::payment::repo::apply_commands(db.pool.clone(), batch)
                                 .await
                                 .expect("apply");
-                            timed += start.elapsed();
-                        }
-                        timed
-                    })
+                        },
+                    )
                 })
             },
         );
@@ -155,10 +150,11 @@ fn consumer(c: &mut Criterion, rt: &Runtime, db: &BenchDb) {
             &size,
             |b, &size| {
                 b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut timed = Duration::ZERO;
-                        for _ in 0..iters {
-                            let batch: Vec<Envelope> = (0..size)
+                    timed(
+                        rt,
+                        iters,
+                        async || {
+                            (0..size)
                                 .map(|_| {
                                     Envelope::new(
                                         Uuid::now_v7(),
@@ -171,20 +167,39 @@ fn consumer(c: &mut Criterion, rt: &Runtime, db: &BenchDb) {
                                         }),
                                     )
                                 })
-                                .collect();
-                            let start = Instant::now();
+                                .collect()
+                        },
+                        async |batch| {
                             shop_actors::product::repo::apply_commands(db.pool.clone(), batch)
                                 .await
                                 .expect("apply");
-                            timed += start.elapsed();
-                        }
-                        timed
-                    })
+                        },
+                    )
                 })
             },
         );
     }
     group.finish();
+}
+
+/// Times `iters` runs of `measured`, each given what an untimed `prepare`
+/// made (a filled outbox, a batch of commands).
+fn timed<T>(
+    rt: &Runtime,
+    iters: u64,
+    prepare: impl AsyncFn() -> T,
+    measured: impl AsyncFn(T),
+) -> Duration {
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let input = prepare().await;
+            let start = Instant::now();
+            measured(input).await;
+            total += start.elapsed();
+        }
+        total
+    })
 }
 
 fn pipeline(c: &mut Criterion) {

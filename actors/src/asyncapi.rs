@@ -307,23 +307,12 @@ fn message(envelope: &Envelope, summary: &str) -> Value {
     })
 }
 
-/// The name of the schema of `event`'s payload.
+/// The name of the schema of `event`'s payload: its type's, except that
+/// the three lifecycle events share `OrderStatusChanged`'s.
 fn payload_schema(event: &Event) -> &'static str {
     match event {
-        Event::ReserveInventory(_) => "ReserveInventory",
-        Event::ReleaseInventory(_) => "ReleaseInventory",
-        Event::InventoryReserved(_) => "InventoryReserved",
-        Event::InventoryRejected(_) => "InventoryRejected",
-        Event::InventoryReleased(_) => "InventoryReleased",
-        Event::AuthorizePayment(_) => "AuthorizePayment",
-        Event::PaymentAuthorized(_) => "PaymentAuthorized",
-        Event::PaymentDeclined(_) => "PaymentDeclined",
-        Event::VoidPayment(_) => "VoidPayment",
-        Event::PaymentVoided(_) => "PaymentVoided",
-        Event::OrderCreated(_) => "OrderCreated",
-        Event::OrderStatusChanged(_) | Event::OrderConfirmed(_) | Event::OrderRejected(_) => {
-            "OrderStatusChanged"
-        }
+        Event::OrderConfirmed(_) | Event::OrderRejected(_) => "OrderStatusChanged",
+        other => other.type_name(),
     }
 }
 

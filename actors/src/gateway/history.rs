@@ -49,6 +49,9 @@ const ORDER_TTL_SECS: i64 = 24 * 3600;
 /// How long a generation's offsets (and the generation counter) are kept
 /// after their last write: a gateway down for longer starts a new one.
 const OFFSETS_TTL_SECS: i64 = 7 * 24 * 3600;
+/// How often a reader's offsets are written at most. Writing them late only
+/// means a restart reads (and writes again, harmlessly) up to this much more.
+const OFFSETS_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for Redis; past it, the order service is asked instead.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed write, how long pushes go out without trying Redis:
@@ -89,6 +92,17 @@ struct Inner {
     generation: AtomicU64,
     /// No write is tried before this instant (Redis recently failed).
     pause_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Offsets handled since they were last written.
+    unwritten: std::sync::Mutex<Unwritten>,
+}
+
+/// Offsets waiting to be written: at most every [`OFFSETS_EVERY`], not
+/// after every batch, so a busy reader pays one Redis round trip a second
+/// for them instead of one a batch.
+#[derive(Default)]
+struct Unwritten {
+    positions: Positions,
+    written_at: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for History {
@@ -121,6 +135,7 @@ impl History {
                 prefix: prefix.to_owned(),
                 generation: AtomicU64::new(0),
                 pause_until: std::sync::Mutex::new(None),
+                unwritten: std::sync::Mutex::default(),
             }),
         }
     }
@@ -311,9 +326,29 @@ impl BroadcastCursor for History {
             if generation == 0 || handled.is_empty() {
                 return;
             }
+            let due = {
+                let mut unwritten = self
+                    .inner
+                    .unwritten
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for (partition, next) in handled {
+                    let offset = unwritten.positions.entry(partition.clone()).or_insert(0);
+                    *offset = (*offset).max(*next);
+                }
+                let now = tokio::time::Instant::now();
+                if unwritten
+                    .written_at
+                    .is_some_and(|at| now.duration_since(at) < OFFSETS_EVERY)
+                {
+                    return;
+                }
+                unwritten.written_at = Some(now);
+                std::mem::take(&mut unwritten.positions)
+            };
             let written = bounded(async {
                 let mut conn = self.connection().await?;
-                write_offsets(&mut conn, &self.inner.prefix, generation, handled).await
+                write_offsets(&mut conn, &self.inner.prefix, generation, &due).await
             })
             .await;
             if let Err(error) = written {
