@@ -26,6 +26,10 @@ pub enum DbError {
     /// No pooled connection became free or could be opened in time.
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// Another transaction wrote the same thing concurrently; this one was
+    /// rolled back and may be retried.
+    #[error("concurrent write: {0}")]
+    Conflict(String),
 }
 
 /// The server's own message and code when there is one ("db error" alone
@@ -43,7 +47,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Config(_) => false,
-            DbError::Pool(_) => true,
+            DbError::Pool(_) | DbError::Conflict(_) => true,
             DbError::Postgres(e) => match e.code() {
                 None => true,
                 Some(code) => {
@@ -84,6 +88,10 @@ pub const ALL_SCHEMAS: [SchemaMigrations; 3] = [
             (
                 4,
                 include_str!("../migrations/product_0004_outbox_traceparent.sql"),
+            ),
+            (
+                5,
+                include_str!("../migrations/product_0005_reserve_function.sql"),
             ),
         ],
     },

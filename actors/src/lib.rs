@@ -19,6 +19,7 @@ pub mod cache;
 pub mod db;
 pub mod events;
 pub mod gateway;
+pub mod inbox;
 pub mod kafka;
 pub mod metrics;
 pub mod order;

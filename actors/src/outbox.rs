@@ -31,6 +31,60 @@ pub const BATCH: i64 = 500;
 /// How long a message may wait in the producer queue when Kafka is slow.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The columns of outbox rows, as arrays: one statement writes any number
+/// of rows (`unnest`), alone ([`append`]) or inside a larger statement.
+pub struct OutboxRows {
+    topics: Vec<&'static str>,
+    keys: Vec<String>,
+    ids: Vec<Uuid>,
+    payloads: Vec<Vec<u8>>,
+    traces: Vec<Option<String>>,
+}
+
+impl OutboxRows {
+    /// The columns to insert for `envelopes`, encoded once.
+    pub fn new(envelopes: &[Envelope]) -> Self {
+        OutboxRows {
+            topics: envelopes.iter().map(Envelope::topic).collect(),
+            keys: envelopes.iter().map(Envelope::key).collect(),
+            ids: envelopes.iter().map(|e| e.event_id).collect(),
+            payloads: envelopes.iter().map(Envelope::encode).collect(),
+            traces: envelopes
+                .iter()
+                .map(|e| e.trace.map(|t| t.to_string()))
+                .collect(),
+        }
+    }
+
+    /// The parameters of [`OutboxRows::unnest`], in order.
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.topics,
+            &self.keys,
+            &self.ids,
+            &self.payloads,
+            &self.traces,
+        ]
+    }
+
+    /// The outbox columns the parameters fill, in their order.
+    pub const COLUMNS: &'static str = "topic, key, event_id, payload, traceparent";
+
+    /// The SQL types of the parameters, in their order.
+    pub const TYPES: [&'static str; 5] = ["text[]", "text[]", "uuid[]", "bytea[]", "text[]"];
+
+    /// `unnest` of the five parameters, numbered from `first`, as rows in
+    /// [`OutboxRows::COLUMNS`] order.
+    pub fn unnest(first: usize) -> String {
+        let args: Vec<String> = Self::TYPES
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| format!("${}::{ty}", first + i))
+            .collect();
+        format!("unnest({})", args.join(", "))
+    }
+}
+
 /// Appends `envelopes` to `schema`'s outbox inside the caller's transaction.
 pub async fn append(
     tx: &Transaction<'_>,
@@ -40,22 +94,15 @@ pub async fn append(
     if envelopes.is_empty() {
         return Ok(());
     }
-    let topics: Vec<&str> = envelopes.iter().map(Envelope::topic).collect();
-    let keys: Vec<String> = envelopes.iter().map(Envelope::key).collect();
-    let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event_id).collect();
-    let payloads: Vec<Vec<u8>> = envelopes.iter().map(Envelope::encode).collect();
-    let traces: Vec<Option<String>> = envelopes
-        .iter()
-        .map(|e| e.trace.map(|t| t.to_string()))
-        .collect();
+    let rows = OutboxRows::new(envelopes);
     let statement = tx
         .prepare_cached(&format!(
-            "INSERT INTO {schema}.outbox (topic, key, event_id, payload, traceparent)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[])"
+            "INSERT INTO {schema}.outbox ({}) SELECT * FROM {}",
+            OutboxRows::COLUMNS,
+            OutboxRows::unnest(1)
         ))
         .await?;
-    tx.execute(&statement, &[&topics, &keys, &ids, &payloads, &traces])
-        .await?;
+    tx.execute(&statement, &rows.params()).await?;
     Ok(())
 }
 

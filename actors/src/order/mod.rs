@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ServiceSupervisor("order")
-//! ├── OrderRepo          Postgres: orders, items, history, saga state (essential)
+//! ├── OrderRepo          Postgres: orders, items, history, saga state, written in
+//! │                      groups (essential)
 //! ├── IdempotencyStore   Postgres: Idempotency-Key claims, expiry (essential)
 //! ├── OutboxRelay        orders.outbox -> commands and order-events (essential)
 //! ├── SagaSupervisor     one OrderSaga per in-flight order it owns (essential)
@@ -14,6 +15,7 @@
 //! Several order processes share the load: each runs the sagas of the
 //! orders whose partitions it is assigned ([`placement`]).
 
+pub mod group;
 pub mod idempotency;
 pub mod machine;
 pub mod model;

@@ -2,19 +2,19 @@
 //! and persists every saga step together with the events that step sends,
 //! in one transaction (transactional outbox), guarded by the order's
 //! sequence number so two writers can never both advance the same order.
+//! New orders and saga steps are written in groups ([`group`]): those that
+//! arrive while earlier groups are being written share one transaction.
 
+use super::group::{self, Step, Write};
 use super::machine::SagaState;
 use super::model::{OrderItem, OrderSummary, OrderView, StatusEntry};
 use crate::db::DbError;
 use crate::events::{Envelope, OrderLine, OrderStatus, RejectReason};
-use crate::outbox;
 use crate::rpc::answer;
 use deadpool_postgres::Pool;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_postgres::Row;
 use uuid::Uuid;
-
-const SCHEMA: &str = "orders";
 
 /// A priced order ready to store.
 #[derive(Debug, Clone)]
@@ -99,6 +99,10 @@ pub enum OrderRepoMsg {
         /// What happened.
         reply: RpcReplyPort<Result<Advance, DbError>>,
     },
+    /// Writes the waiting creations and steps, as one group per free slot.
+    Flush,
+    /// A group's transaction ended (its writers have been told).
+    Written,
     /// Reads the sagas that are not over (to resume them after a start, or
     /// to find those whose deadline passed while no actor was watching).
     LoadInFlight {
@@ -134,9 +138,36 @@ pub enum OrderRepoMsg {
     },
 }
 
+/// State of [`OrderRepo`].
+pub struct RepoState {
+    pool: Pool,
+    /// Creations and steps waiting for a group, in arrival order.
+    pending: Vec<Write>,
+    /// Groups being written.
+    in_flight: usize,
+    /// A [`OrderRepoMsg::Flush`] is in the mailbox: writes that arrive
+    /// before it is handled join its group.
+    flush_queued: bool,
+}
+
+impl RepoState {
+    /// Queues `write` for the next group, and a flush if none is queued and
+    /// a slot is free.
+    fn enqueue(&mut self, myself: &ActorRef<OrderRepoMsg>, write: Write) {
+        self.pending.push(write);
+        self.schedule(myself);
+    }
+
+    fn schedule(&mut self, myself: &ActorRef<OrderRepoMsg>) {
+        if !self.flush_queued && !self.pending.is_empty() && self.in_flight < group::MAX_IN_FLIGHT {
+            self.flush_queued = myself.send_message(OrderRepoMsg::Flush).is_ok();
+        }
+    }
+}
+
 impl Actor for OrderRepo {
     type Msg = OrderRepoMsg;
-    type State = Pool;
+    type State = RepoState;
     type Arguments = Pool;
 
     async fn pre_start(
@@ -144,19 +175,32 @@ impl Actor for OrderRepo {
         _myself: ActorRef<Self::Msg>,
         pool: Pool,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(pool)
+        Ok(RepoState {
+            pool,
+            pending: Vec::new(),
+            in_flight: 0,
+            flush_queued: false,
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        pool: &mut Pool,
+        state: &mut RepoState,
     ) -> Result<(), ActorProcessingErr> {
-        let pool = pool.clone();
+        let pool = state.pool.clone();
         match message {
-            OrderRepoMsg::Create { order, reply } => answer(reply, create(pool, order)),
-            OrderRepoMsg::LoadSaga { order_id, reply } => answer(reply, load(pool, order_id)),
+            OrderRepoMsg::Create { order, reply } if order.idempotency.is_some() => {
+                answer(reply, create(pool, order))
+            }
+            OrderRepoMsg::Create { order, reply } => state.enqueue(
+                &myself,
+                Write::Create {
+                    order: Box::new(order),
+                    reply,
+                },
+            ),
             OrderRepoMsg::Advance {
                 event_id,
                 from_seq,
@@ -164,10 +208,37 @@ impl Actor for OrderRepo {
                 next,
                 messages,
                 reply,
-            } => answer(
-                reply,
-                advance(pool, event_id, (from_seq, from_attempts), next, messages),
+            } => state.enqueue(
+                &myself,
+                Write::Advance {
+                    step: Box::new(Step {
+                        event_id,
+                        from_seq,
+                        from_attempts,
+                        next,
+                        messages,
+                    }),
+                    reply,
+                },
             ),
+            OrderRepoMsg::Flush => {
+                state.flush_queued = false;
+                while !state.pending.is_empty() && state.in_flight < group::MAX_IN_FLIGHT {
+                    let take = state.pending.len().min(group::MAX_GROUP);
+                    let writes: Vec<Write> = state.pending.drain(..take).collect();
+                    state.in_flight += 1;
+                    let (pool, myself) = (pool.clone(), myself.clone());
+                    tokio::spawn(async move {
+                        group::commit(pool, writes).await;
+                        let _ = myself.send_message(OrderRepoMsg::Written);
+                    });
+                }
+            }
+            OrderRepoMsg::Written => {
+                state.in_flight = state.in_flight.saturating_sub(1);
+                state.schedule(&myself);
+            }
+            OrderRepoMsg::LoadSaga { order_id, reply } => answer(reply, load(pool, order_id)),
             OrderRepoMsg::LoadInFlight {
                 overdue_only,
                 limit,
@@ -188,10 +259,6 @@ impl Actor for OrderRepo {
     }
 }
 
-fn reason_str(reason: Option<RejectReason>) -> Option<&'static str> {
-    reason.map(RejectReason::as_str)
-}
-
 fn status_from(row: &Row, column: &str) -> OrderStatus {
     // The column only ever holds values written from `OrderStatus`.
     OrderStatus::parse(row.get(column)).unwrap_or(OrderStatus::Pending)
@@ -202,8 +269,9 @@ fn reason_from(row: &Row, column: &str) -> Option<RejectReason> {
         .and_then(RejectReason::parse)
 }
 
+/// Writes an order that has an idempotency key, alone: completing the key
+/// may find its claim lost, and then nothing of the order is stored.
 async fn create(pool: Pool, order: NewOrder) -> Result<(), super::idempotency::PlaceError> {
-    let saga = &order.saga;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // The key first: a lost claim stops us before any work, and the key's
@@ -214,71 +282,7 @@ async fn create(pool: Pool, order: NewOrder) -> Result<(), super::idempotency::P
             return Err(super::idempotency::PlaceError::InProgress);
         }
     }
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, payment_token, correlation_id, seq, deadline_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .await?;
-    let items_insert = tx
-        .prepare_cached(
-            "INSERT INTO orders.order_items (order_id, product_id, name, quantity, unit_price_cents)
-             SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])",
-        )
-        .await?;
-    let history = tx
-        .prepare_cached(
-            "INSERT INTO orders.status_history (order_id, seq, status, reason) VALUES ($1, $2, $3, $4)",
-        )
-        .await?;
-    let products: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
-    let names: Vec<&str> = order.items.iter().map(|i| i.name.as_str()).collect();
-    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
-    let prices: Vec<i64> = order.items.iter().map(|i| i.unit_price_cents).collect();
-    let mut opening = saga.opening_messages();
-    // Made in this actor's task, outside the request's span: they belong
-    // to the request's trace all the same.
-    for message in &mut opening {
-        message.trace = order.trace;
-    }
-    // The four writes in one round trip (tokio-postgres pipelines them, in
-    // this order); the first failure aborts the transaction.
-    let status = saga.status.as_str();
-    let reason = reason_str(saga.reason);
-    futures::try_join!(
-        async {
-            tx.execute(
-                &insert,
-                &[
-                    &saga.order_id,
-                    &saga.customer_id,
-                    &status,
-                    &saga.total_cents,
-                    &saga.currency,
-                    &saga.payment_token,
-                    &saga.correlation_id,
-                    &saga.seq,
-                    &saga.deadline_at,
-                ],
-            )
-            .await
-            .map_err(DbError::from)
-        },
-        async {
-            tx.execute(
-                &items_insert,
-                &[&saga.order_id, &products, &names, &quantities, &prices],
-            )
-            .await
-            .map_err(DbError::from)
-        },
-        async {
-            tx.execute(&history, &[&saga.order_id, &saga.seq, &status, &reason])
-                .await
-                .map_err(DbError::from)
-        },
-        outbox::append(&tx, SCHEMA, &opening),
-    )?;
+    group::insert(&tx, &order).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -389,79 +393,6 @@ async fn list_stuck(pool: Pool, grace_seconds: f64) -> Result<Vec<StuckSaga>, Db
             updated_at: row.get("updated_at"),
         })
         .collect())
-}
-
-async fn advance(
-    pool: Pool,
-    event_id: Uuid,
-    (from_seq, from_attempts): (i32, i32),
-    next: SagaState,
-    messages: Vec<Envelope>,
-) -> Result<Advance, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let update = tx
-        .prepare_cached(
-            "UPDATE orders.orders
-             SET status = $2, reason = $3, seq = $4, deadline_at = $6, attempts = $7, updated_at = now()
-             WHERE id = $1 AND seq = $5 AND attempts = $8",
-        )
-        .await?;
-    // Both in one round trip (tokio-postgres pipelines them): whichever
-    // says no, returning rolls the transaction back, the other's write too.
-    let (first, updated) =
-        futures::try_join!(outbox::first_delivery(&tx, SCHEMA, event_id), async {
-            tx.execute(
-                &update,
-                &[
-                    &next.order_id,
-                    &next.status.as_str(),
-                    &reason_str(next.reason),
-                    &next.seq,
-                    &from_seq,
-                    &next.deadline_at,
-                    &next.attempts,
-                    &from_attempts,
-                ],
-            )
-            .await
-            .map_err(DbError::from)
-        },)?;
-    if !first {
-        return Ok(Advance::Duplicate);
-    }
-    if updated == 0 {
-        // Rolling back also forgets the event id, so it is processed again.
-        return Ok(Advance::Stale);
-    }
-    let changes: Vec<_> = messages
-        .iter()
-        .filter_map(|m| m.event.status_change().map(|c| (c, m.occurred_at)))
-        .collect();
-    let seqs: Vec<i32> = changes.iter().map(|(c, _)| c.seq).collect();
-    let statuses: Vec<&str> = changes.iter().map(|(c, _)| c.status.as_str()).collect();
-    let reasons: Vec<Option<&str>> = changes.iter().map(|(c, _)| reason_str(c.reason)).collect();
-    let ats: Vec<chrono::DateTime<chrono::Utc>> = changes.iter().map(|(_, at)| *at).collect();
-    let history = tx
-        .prepare_cached(
-            "INSERT INTO orders.status_history (order_id, seq, status, reason, at)
-             SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[])",
-        )
-        .await?;
-    // The history rows and the outbox rows in one round trip.
-    futures::try_join!(
-        async {
-            tx.execute(
-                &history,
-                &[&next.order_id, &seqs, &statuses, &reasons, &ats],
-            )
-            .await
-            .map_err(DbError::from)
-        },
-        outbox::append(&tx, SCHEMA, &messages),
-    )?;
-    tx.commit().await?;
-    Ok(Advance::Applied)
 }
 
 async fn get(pool: Pool, order_id: Uuid) -> Result<Option<OrderView>, DbError> {

@@ -8,10 +8,8 @@ use crate::db::DbError;
 use crate::events::{Envelope, Event, PaymentAuthorized, PaymentDeclined, PaymentVoided};
 use crate::outbox;
 use crate::rpc::answer;
-use crate::trace;
 use deadpool_postgres::{Pool, Transaction};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::Instrument;
 use uuid::Uuid;
 
 const SCHEMA: &str = "payment";
@@ -70,25 +68,20 @@ pub async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<(), DbEr
     // Every id of the batch recorded in one round trip, in this transaction.
     let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
     let mut fresh = outbox::first_deliveries(&tx, SCHEMA, &ids).await?;
-    let mut replies = Vec::with_capacity(batch.len());
-    for envelope in &batch {
-        // `remove`: an id twice in one batch is applied once.
-        if !fresh.remove(&envelope.event_id) {
-            continue;
-        }
-        // Each command's work is its own span in its order's trace, though
-        // the batch shares one transaction.
-        let span = trace::process_span("payment", envelope);
-        let Some(reply) = apply_command(&tx, envelope)
-            .instrument(span.clone())
-            .await?
-        else {
-            continue;
-        };
-        replies.push(
-            span.in_scope(|| Envelope::new(envelope.order_id, envelope.correlation_id, reply)),
-        );
-    }
+    // `remove`: an id twice in one batch is applied once.
+    let commands: Vec<&Envelope> = batch
+        .iter()
+        .filter(|envelope| {
+            let first = fresh.remove(&envelope.event_id);
+            if !first {
+                tracing::debug!(event_id = %envelope.event_id, "duplicate payment command ignored");
+            }
+            first
+        })
+        .collect();
+    let replies =
+        crate::inbox::apply_by_order("payment", commands, |envelope| apply_command(&tx, envelope))
+            .await?;
     outbox::append(&tx, SCHEMA, &replies).await?;
     tx.commit().await?;
     Ok(())

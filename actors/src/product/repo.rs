@@ -13,12 +13,10 @@ use crate::events::{
 };
 use crate::outbox;
 use crate::rpc::answer;
-use crate::trace;
 use deadpool_postgres::{Pool, Transaction};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
-use tracing::Instrument;
 use uuid::Uuid;
 
 const SCHEMA: &str = "product";
@@ -194,45 +192,48 @@ async fn set_stock(pool: Pool, id: Uuid, stock: i32) -> Result<Option<Product>, 
 /// for each new one, and appends the replies to the outbox. Returns the
 /// products whose stock moved. What the consumer's handler does through
 /// [`InventoryRepo`]; public for the benchmarks.
+///
+/// Each command is one statement, and the commands of different orders
+/// are sent together (tokio-postgres pipelines them; Postgres runs them one
+/// after the other), so a batch costs a few round trips, not a few per
+/// command. One order's commands still run one after the other, in
+/// partition order.
 pub async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<Vec<Uuid>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Every id of the batch recorded in one round trip, in this transaction.
     let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
     let mut fresh = outbox::first_deliveries(&tx, SCHEMA, &ids).await?;
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut touched = Vec::new();
-    for envelope in &batch {
-        // `remove`: an id twice in one batch is applied once.
-        if !fresh.remove(&envelope.event_id) {
-            tracing::debug!(event_id = %envelope.event_id, "duplicate inventory command ignored");
-            continue;
-        }
-        // Each command's work is its own span in its order's trace, though
-        // the batch shares one transaction.
-        let span = trace::process_span("product", envelope);
-        let Some(reply) = apply_command(&tx, envelope)
-            .instrument(span.clone())
-            .await?
-        else {
-            continue;
-        };
-        if let Event::InventoryReserved(InventoryReserved { items })
-        | Event::InventoryReleased(InventoryReleased { items }) = &reply
-        {
-            touched.extend(items.iter().map(|level| level.product_id));
-        }
-        replies.push(
-            span.in_scope(|| Envelope::new(envelope.order_id, envelope.correlation_id, reply)),
-        );
-    }
+    // `remove`: an id twice in one batch is applied once.
+    let commands: Vec<&Envelope> = batch
+        .iter()
+        .filter(|envelope| {
+            let first = fresh.remove(&envelope.event_id);
+            if !first {
+                tracing::debug!(event_id = %envelope.event_id, "duplicate product command ignored");
+            }
+            first
+        })
+        .collect();
+    let replies =
+        crate::inbox::apply_by_order("product", commands, |envelope| apply_command(&tx, envelope))
+            .await?;
+    let mut touched: Vec<Uuid> = replies
+        .iter()
+        .flat_map(|reply| match &reply.event {
+            Event::InventoryReserved(InventoryReserved { items })
+            | Event::InventoryReleased(InventoryReleased { items }) => {
+                items.iter().map(|level| level.product_id).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
     outbox::append(&tx, SCHEMA, &replies).await?;
     tx.commit().await?;
     touched.sort_unstable();
     touched.dedup();
     Ok(touched)
 }
-
 /// Applies one command, already recorded as processed, in the batch's
 /// transaction; returns its reply, or nothing for a misrouted message.
 async fn apply_command(
@@ -253,119 +254,91 @@ async fn apply_command(
     Ok(Some(reply))
 }
 
-/// Takes every line of the order out of stock, or none of them.
+/// Takes every line of the order out of stock, or none of them, in one
+/// statement (`product.reserve`, migration 5). A second reserve for the
+/// same order (a replayed command with a new event id) must not take stock
+/// twice: it is answered with what is held. And an order whose stock was
+/// already given back (its saga compensated) never takes stock again,
+/// however late or often its reserve arrives.
 async fn reserve(
     tx: &Transaction<'_>,
     order_id: Uuid,
     items: &[OrderLine],
 ) -> Result<Event, DbError> {
-    // A second reserve for the same order (a replayed command with a new
-    // event id) must not take stock twice: answer with what is held. And an
-    // order whose stock was already given back (its saga compensated) never
-    // takes stock again, however late or often its reserve arrives. Both
-    // are asked in one round trip: held rows have a product, the tombstone
-    // (at most one) only a reason.
-    let before = tx
+    let ids: Vec<Uuid> = items.iter().map(|line| line.product_id).collect();
+    let quantities: Vec<i32> = items.iter().map(|line| line.quantity).collect();
+    let statement = tx
         .prepare_cached(
-            "SELECT r.product_id, r.quantity, p.stock, NULL::text AS released
-             FROM product.reservations r JOIN product.products p ON p.id = r.product_id
-             WHERE r.order_id = $1 AND r.status = 'RESERVED'
-             UNION ALL
-             SELECT NULL, NULL, NULL, reason FROM product.released_orders WHERE order_id = $1",
+            "SELECT outcome, product_id, quantity, stock, reason FROM product.reserve($1, $2, $3)",
         )
         .await?;
-    let before = tx.query(&before, &[&order_id]).await?;
-    let (held, released): (Vec<&Row>, Vec<&Row>) = before
-        .iter()
-        .partition(|row| row.get::<_, Option<Uuid>>(0).is_some());
-    if !held.is_empty() {
-        return Ok(Event::InventoryReserved(InventoryReserved {
-            items: held.into_iter().map(stock_level).collect(),
-        }));
-    }
-    if let Some(row) = released.first() {
-        let reason: &str = row.get(3);
-        return Ok(Event::InventoryRejected(InventoryRejected {
-            reason: RejectReason::parse(reason).unwrap_or(RejectReason::Timeout),
-            product_id: None,
-            message: format!("order {order_id} was cancelled ({reason}); nothing reserved"),
-        }));
-    }
-    let mut lines = items.to_vec();
-    lines.sort_by_key(|line| line.product_id);
-    let ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
-    let quantities: Vec<i32> = lines.iter().map(|line| line.quantity).collect();
-    // Lock the rows in id order, so concurrent reservations cannot deadlock,
-    // and check every line before changing any.
-    let lock = tx
-        .prepare_cached(
-            "SELECT id, stock FROM product.products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
+    let rows = tx
+        .query(&statement, &[&order_id, &ids, &quantities])
         .await?;
-    let stock = tx.query(&lock, &[&ids]).await?;
-    for line in &lines {
-        let available = stock
-            .iter()
-            .find(|row| row.get::<_, Uuid>(0) == line.product_id)
-            .map(|row| row.get::<_, i32>(1));
-        let shortfall = match available {
-            None => Some(format!("product {} does not exist", line.product_id)),
-            Some(have) if line.quantity <= 0 => Some(format!(
-                "invalid quantity {} for product {} (have {have})",
-                line.quantity, line.product_id
-            )),
-            Some(have) if have < line.quantity => Some(format!(
-                "product {} has {have} in stock, {} requested",
-                line.product_id, line.quantity
-            )),
-            Some(_) => None,
-        };
-        if let Some(message) = shortfall {
-            return Ok(Event::InventoryRejected(InventoryRejected {
-                reason: RejectReason::OutOfStock,
-                product_id: Some(line.product_id),
-                message,
-            }));
+    Ok(reservation_reply(order_id, &rows))
+}
+
+/// The reply for what `product.reserve` returned.
+fn reservation_reply(order_id: Uuid, rows: &[Row]) -> Event {
+    let outcome = rows.first().map(|row| row.get::<_, &str>(0));
+    let levels = || {
+        rows.iter()
+            .map(|row| StockLevel {
+                product_id: row.get(1),
+                quantity: row.get(2),
+                stock: row.get(3),
+            })
+            .collect()
+    };
+    match (outcome, rows.first()) {
+        (Some("held" | "reserved"), _) => {
+            Event::InventoryReserved(InventoryReserved { items: levels() })
         }
+        (Some("released"), Some(row)) => {
+            let reason: &str = row.get(4);
+            Event::InventoryRejected(InventoryRejected {
+                reason: RejectReason::parse(reason).unwrap_or(RejectReason::Timeout),
+                product_id: None,
+                message: format!("order {order_id} was cancelled ({reason}); nothing reserved"),
+            })
+        }
+        (Some(shortfall), Some(row)) => {
+            let product_id: Uuid = row.get(1);
+            let quantity: i32 = row.get(2);
+            let have: Option<i32> = row.get(3);
+            let have = have.unwrap_or(0);
+            let message = match shortfall {
+                "missing" => format!("product {product_id} does not exist"),
+                "invalid" => {
+                    format!("invalid quantity {quantity} for product {product_id} (have {have})")
+                }
+                _ => format!("product {product_id} has {have} in stock, {quantity} requested"),
+            };
+            Event::InventoryRejected(InventoryRejected {
+                reason: RejectReason::OutOfStock,
+                product_id: Some(product_id),
+                message,
+            })
+        }
+        // No lines at all (validation never sends that): nothing to take.
+        _ => Event::InventoryReserved(InventoryReserved { items: Vec::new() }),
     }
-    let take = tx
-        .prepare_cached(
-            "WITH lines AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS l(product_id, quantity)),
-             taken AS (
-                 UPDATE product.products p SET stock = p.stock - l.quantity, updated_at = now()
-                 FROM lines l WHERE p.id = l.product_id
-                 RETURNING p.id, l.quantity, p.stock
-             ),
-             held AS (
-                 INSERT INTO product.reservations (order_id, product_id, quantity, status)
-                 SELECT $3, product_id, quantity, 'RESERVED' FROM lines
-             )
-             SELECT id, quantity, stock FROM taken",
-        )
-        .await?;
-    let rows = tx.query(&take, &[&ids, &quantities, &order_id]).await?;
-    Ok(Event::InventoryReserved(InventoryReserved {
-        items: rows.iter().map(stock_level).collect(),
-    }))
 }
 
 /// Returns whatever the order still holds; releasing twice returns nothing
-/// the second time. Leaves a tombstone so a later reserve is refused.
+/// the second time. Leaves a tombstone so a later reserve is refused. One
+/// statement, like [`reserve`].
 async fn release(
     tx: &Transaction<'_>,
     order_id: Uuid,
     reason: RejectReason,
 ) -> Result<Event, DbError> {
-    let tombstone = tx
-        .prepare_cached(
-            "INSERT INTO product.released_orders (order_id, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    tx.execute(&tombstone, &[&order_id, &reason.as_str()])
-        .await?;
     let give_back = tx
         .prepare_cached(
-            "WITH released AS (
+            "WITH tombstone AS (
+                 INSERT INTO product.released_orders (order_id, reason) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING
+             ), released AS (
                  UPDATE product.reservations SET status = 'RELEASED', updated_at = now()
                  WHERE order_id = $1 AND status = 'RESERVED'
                  RETURNING product_id, quantity
@@ -375,7 +348,7 @@ async fn release(
              RETURNING p.id, r.quantity, p.stock",
         )
         .await?;
-    let rows = tx.query(&give_back, &[&order_id]).await?;
+    let rows = tx.query(&give_back, &[&order_id, &reason.as_str()]).await?;
     Ok(Event::InventoryReleased(InventoryReleased {
         items: rows.iter().map(stock_level).collect(),
     }))
