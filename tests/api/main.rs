@@ -9,6 +9,7 @@ mod bad_requests;
 mod dead_letters;
 mod deadlines;
 mod fuzz_findings;
+mod group_commit;
 mod helpers;
 mod idempotency;
 mod loadgen;

@@ -63,10 +63,16 @@ async fn subscribing_gives_a_snapshot_then_every_later_update_once() {
 async fn reconnecting_with_last_seq_gets_exactly_the_missed_updates() {
     let app = spawn_app_with(Options::default()).await;
     let product = app.create_product(10).await;
-    let order_id = app.order(product, 1, "tok_chargeDeclined").await;
-    app.wait_terminal(order_id).await;
-    // The client saw PENDING (seq 1), then lost its connection.
     let alice = token("alice", Role::Customer);
+    // Another of alice's tabs watches the order to its end, so the gateway
+    // has read every update before the reconnection below (the order
+    // service can report the end a little before the gateway has read it;
+    // a reconnection then would get the rest as live updates instead).
+    let mut watcher = app.websocket_as("/ws", &alice).await;
+    watcher.subscribe_mine().await;
+    let order_id = app.order(product, 1, "tok_chargeDeclined").await;
+    watcher.statuses_until_terminal(order_id).await;
+    // The client saw PENDING (seq 1), then lost its connection.
     let mut ws = app
         .websocket_as(&format!("/ws?order_id={order_id}&last_seq=1"), &alice)
         .await;

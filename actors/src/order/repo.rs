@@ -165,6 +165,17 @@ impl RepoState {
     }
 }
 
+/// A group's claim on one of the [`group::MAX_IN_FLIGHT`] slots: gives it
+/// back when dropped, however the group's task ends (even by a panic), so
+/// the repository never waits for a slot that is not coming back.
+struct Slot(ActorRef<OrderRepoMsg>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.0.send_message(OrderRepoMsg::Written);
+    }
+}
+
 impl Actor for OrderRepo {
     type Msg = OrderRepoMsg;
     type State = RepoState;
@@ -227,10 +238,10 @@ impl Actor for OrderRepo {
                     let take = state.pending.len().min(group::MAX_GROUP);
                     let writes: Vec<Write> = state.pending.drain(..take).collect();
                     state.in_flight += 1;
-                    let (pool, myself) = (pool.clone(), myself.clone());
+                    let (pool, slot) = (pool.clone(), Slot(myself.clone()));
                     tokio::spawn(async move {
                         group::commit(pool, writes).await;
-                        let _ = myself.send_message(OrderRepoMsg::Written);
+                        drop(slot);
                     });
                 }
             }
