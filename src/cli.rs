@@ -163,7 +163,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Broker => {
             let broker = shop_actors::kafka::EmbeddedBroker::start(
                 &topics::ALL,
-                cli.settings.kafka_partitions,
+                cli.settings
+                    .kafka_partitions
+                    .unwrap_or(crate::startup::DEFAULT_PARTITIONS),
             )
             .context("starting the embedded broker")?;
             println!("{}", broker.bootstrap_servers());

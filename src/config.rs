@@ -12,9 +12,12 @@ pub struct Settings {
     /// Kafka-protocol broker in the process.
     #[arg(long, env = "KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
-    /// Partitions per topic when topics are created.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6, global = true)]
-    pub kafka_partitions: i32,
+    /// Partitions per topic when topics are created. Default: 2 for the
+    /// broker embedded in `shop all` (one process reads every partition
+    /// anyway, and the embedded broker's cost grows with partitions: see
+    /// BENCHMARKS.md), else 6.
+    #[arg(long, env = "KAFKA_PARTITIONS", global = true)]
+    pub kafka_partitions: Option<i32>,
     /// Replication factor when topics are created.
     #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1, global = true)]
     pub kafka_replication: i32,

@@ -53,6 +53,18 @@ impl Role {
 /// there (at the cost of about 10% of a core polling while idle).
 const EMBEDDED_FETCH_WAIT_MS: u64 = 1;
 
+/// Partitions per topic on the broker embedded in `shop all` unless
+/// `KAFKA_PARTITIONS` says otherwise. One process reads every partition, so
+/// more buy no parallelism; and librdkafka's mock broker finds a fetch's
+/// offset by walking the partition's log from its oldest batch, so the
+/// more partitions a topic is split into, the smaller its batches and the
+/// longer those walks (BENCHMARKS.md: 1,700 orders/s held with 2, collapse
+/// above 1,500/s with 6).
+const EMBEDDED_PARTITIONS: i32 = 2;
+
+/// Partitions per topic elsewhere: room for several processes of a service.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -163,7 +175,8 @@ impl Platform {
         let (broker, brokers) = match (&settings.kafka_brokers, role) {
             (Some(brokers), _) => (None, brokers.clone()),
             (None, Role::All) => {
-                let broker = EmbeddedBroker::start(&topics::ALL, settings.kafka_partitions)?;
+                let partitions = settings.kafka_partitions.unwrap_or(EMBEDDED_PARTITIONS);
+                let broker = EmbeddedBroker::start(&topics::ALL, partitions)?;
                 let brokers = broker.bootstrap_servers().to_owned();
                 tracing::info!(%brokers, "started the embedded Kafka-protocol broker (in memory; try `kcat -b {brokers} -L`)");
                 (Some(broker), brokers)
@@ -175,7 +188,11 @@ impl Platform {
             }
         };
         let mut kafka = KafkaSettings::new(&brokers);
-        kafka.partitions = settings.kafka_partitions;
+        kafka.partitions = settings.kafka_partitions.unwrap_or(if broker.is_some() {
+            EMBEDDED_PARTITIONS
+        } else {
+            DEFAULT_PARTITIONS
+        });
         kafka.replication = settings.kafka_replication;
         kafka.session_timeout = Duration::from_millis(settings.kafka_session_timeout_ms);
         // The embedded broker holds an empty fetch for the whole wait (it

@@ -126,7 +126,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.product_port = 0;
     settings.payment_port = 0;
     settings.gateway_port = 0;
-    settings.kafka_partitions = 3;
+    settings.kafka_partitions = Some(3);
     settings.kafka_session_timeout_ms = 6000;
     settings.payment_latency_ms = options.payment_latency_ms;
     settings.saga_step_timeout_ms = options.saga_step_timeout_ms;

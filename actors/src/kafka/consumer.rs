@@ -35,6 +35,8 @@ use tokio::task::JoinHandle;
 
 /// Most messages handed to a handler at once.
 const MAX_BATCH: usize = 256;
+/// How long stopping waits for the final offset commit.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(5);
 /// First and longest pause between retries of a failing batch.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -246,13 +248,22 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
             return Ok(());
         }
         let consumer = state.consumer.clone();
-        // A synchronous commit blocks a thread: keep it off the runtime's workers.
-        let _ = tokio::task::spawn_blocking(move || {
+        // A synchronous commit blocks a thread: keep it off the runtime's
+        // workers. It waits for the broker without end when the broker is
+        // gone, so stopping waits for it only so long; the offsets stored
+        // since the last automatic commit are then redelivered, which the
+        // handlers absorb.
+        let commit = tokio::task::spawn_blocking(move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "final offset commit skipped");
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(FINAL_COMMIT_WAIT, commit)
+            .await
+            .is_err()
+        {
+            tracing::warn!("final offset commit unanswered; its messages will be redelivered");
+        }
         Ok(())
     }
 }
