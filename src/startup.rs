@@ -172,10 +172,15 @@ impl Platform {
                  (`shop token --customer <id>` prints one)"
             ),
         }
+        let embedded = settings.kafka_brokers.is_none() && role == Role::All;
+        let partitions = settings.kafka_partitions.unwrap_or(if embedded {
+            EMBEDDED_PARTITIONS
+        } else {
+            DEFAULT_PARTITIONS
+        });
         let (broker, brokers) = match (&settings.kafka_brokers, role) {
             (Some(brokers), _) => (None, brokers.clone()),
             (None, Role::All) => {
-                let partitions = settings.kafka_partitions.unwrap_or(EMBEDDED_PARTITIONS);
                 let broker = EmbeddedBroker::start(&topics::ALL, partitions)?;
                 let brokers = broker.bootstrap_servers().to_owned();
                 tracing::info!(%brokers, "started the embedded Kafka-protocol broker (in memory; try `kcat -b {brokers} -L`)");
@@ -188,11 +193,7 @@ impl Platform {
             }
         };
         let mut kafka = KafkaSettings::new(&brokers);
-        kafka.partitions = settings.kafka_partitions.unwrap_or(if broker.is_some() {
-            EMBEDDED_PARTITIONS
-        } else {
-            DEFAULT_PARTITIONS
-        });
+        kafka.partitions = partitions;
         kafka.replication = settings.kafka_replication;
         kafka.session_timeout = Duration::from_millis(settings.kafka_session_timeout_ms);
         // The embedded broker holds an empty fetch for the whole wait (it

@@ -1,4 +1,6 @@
-//! Applying a consumer's batch of commands inside one transaction, so that
+//! Applying a consumer's batch of commands inside one transaction, each
+//! command at most once (its event id is recorded in the same
+//! transaction), so that
 //! a batch costs a few round trips to Postgres rather than a few per
 //! command: the commands of different orders are sent together
 //! (tokio-postgres pipelines them; Postgres runs them one after the other
@@ -9,42 +11,63 @@
 
 use crate::db::DbError;
 use crate::events::{Envelope, Event};
-use crate::trace;
+use crate::{outbox, trace};
+use deadpool_postgres::Transaction;
 use std::collections::HashMap;
 use std::future::Future;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// `envelopes` grouped by order: each group in partition order, the groups
-/// in the order of their first message.
-pub fn by_order<'a>(envelopes: impl IntoIterator<Item = &'a Envelope>) -> Vec<Vec<&'a Envelope>> {
+/// `items` grouped by the order `order_of` says each belongs to: each group
+/// in arrival (partition) order, the groups in the order of their first
+/// item.
+pub fn by_order<T>(
+    items: impl IntoIterator<Item = T>,
+    order_of: impl Fn(&T) -> Uuid,
+) -> Vec<Vec<T>> {
     let mut index: HashMap<Uuid, usize> = HashMap::new();
-    let mut groups: Vec<Vec<&Envelope>> = Vec::new();
-    for envelope in envelopes {
-        let at = *index.entry(envelope.order_id).or_insert_with(|| {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        let at = *index.entry(order_of(&item)).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
-        groups[at].push(envelope);
+        groups[at].push(item);
     }
     groups
 }
 
-/// Applies `commands` (already recorded as processed) with `apply`, order
-/// by order as above, and returns the replies, each built in the span of
-/// its command (`service`'s process span, in its order's trace).
-pub async fn apply_by_order<'a, F, Fut>(
+/// Records every event id of `batch` as processed in `tx` (one statement,
+/// [`outbox::first_deliveries`]), then applies each command seen for the
+/// first time with `apply`, order by order as above. An id repeated in the
+/// batch, or delivered before, is applied once. Returns the replies, each
+/// built in the span of its command (`service`'s process span, in its
+/// order's trace), for the caller to append to its outbox.
+pub async fn apply_batch<'a, F, Fut>(
+    tx: &Transaction<'_>,
+    schema: &str,
     service: &'static str,
-    commands: impl IntoIterator<Item = &'a Envelope>,
+    batch: &'a [Envelope],
     apply: F,
 ) -> Result<Vec<Envelope>, DbError>
 where
     F: Fn(&'a Envelope) -> Fut,
     Fut: Future<Output = Result<Option<Event>, DbError>>,
 {
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+    let mut fresh = outbox::first_deliveries(tx, schema, &ids).await?;
+    // `remove`: an id twice in one batch is applied once.
+    let commands = batch.iter().filter(|envelope| {
+        let first = fresh.remove(&envelope.event_id);
+        if !first {
+            tracing::debug!(event_id = %envelope.event_id, service, "duplicate command ignored");
+        }
+        first
+    });
     let apply = &apply;
-    let chains =
-        by_order(commands).into_iter().map(|chain| async move {
+    let chains = by_order(commands, |e| e.order_id)
+        .into_iter()
+        .map(|chain| async move {
             let mut replies = Vec::with_capacity(chain.len());
             for envelope in chain {
                 let span = trace::process_span(service, envelope);
@@ -88,7 +111,7 @@ mod tests {
             envelope(b),
             envelope(a),
         ];
-        let groups = by_order(&batch);
+        let groups = by_order(&batch, |e| e.order_id);
         let ids = |group: &Vec<&Envelope>| group.iter().map(|e| e.event_id).collect::<Vec<_>>();
         assert_eq!(groups.len(), 2);
         assert_eq!(

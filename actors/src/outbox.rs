@@ -71,7 +71,7 @@ impl OutboxRows {
     pub const COLUMNS: &'static str = "topic, key, event_id, payload, traceparent";
 
     /// The SQL types of the parameters, in their order.
-    pub const TYPES: [&'static str; 5] = ["text[]", "text[]", "uuid[]", "bytea[]", "text[]"];
+    const TYPES: [&'static str; 5] = ["text[]", "text[]", "uuid[]", "bytea[]", "text[]"];
 
     /// `unnest` of the five parameters, numbered from `first`, as rows in
     /// [`OutboxRows::COLUMNS`] order.

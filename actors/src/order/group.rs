@@ -20,6 +20,7 @@ use crate::events::{Envelope, RejectReason};
 use crate::outbox::OutboxRows;
 use deadpool_postgres::{Pool, Transaction};
 use ractor::RpcReplyPort;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 /// Most writes in one group: bounds one transaction's size (and the
@@ -66,13 +67,6 @@ pub enum Write {
     },
 }
 
-/// What one write did.
-#[derive(Debug, Clone, Copy)]
-enum Done {
-    Created,
-    Advanced(Advance),
-}
-
 /// Writes `writes` as one group and tells each writer its outcome.
 pub async fn commit(pool: Pool, writes: Vec<Write>) {
     let outcomes = match write_group(&pool, &writes).await {
@@ -91,21 +85,12 @@ pub async fn commit(pool: Pool, writes: Vec<Write>) {
         Err(error) => vec![Err(error)],
     };
     for (write, outcome) in writes.into_iter().zip(outcomes) {
-        match (write, outcome) {
-            (Write::Create { reply, .. }, outcome) => {
+        match write {
+            Write::Create { reply, .. } => {
                 let _ = reply.send(outcome.map(|_| ()).map_err(PlaceError::from));
             }
-            (Write::Advance { reply, .. }, Ok(Done::Advanced(advance))) => {
-                let _ = reply.send(Ok(advance));
-            }
-            (Write::Advance { reply, .. }, Ok(Done::Created)) => {
-                // `write_one` answers an advance with `Advanced` only.
-                let _ = reply.send(Err(DbError::Conflict(
-                    "a saga step was answered as a creation".into(),
-                )));
-            }
-            (Write::Advance { reply, .. }, Err(error)) => {
-                let _ = reply.send(Err(error));
+            Write::Advance { reply, .. } => {
+                let _ = reply.send(outcome);
             }
         }
     }
@@ -113,7 +98,8 @@ pub async fn commit(pool: Pool, writes: Vec<Write>) {
 
 /// One transaction for all of `writes`: BEGIN, then every statement
 /// pipelined, then COMMIT.
-async fn write_group(pool: &Pool, writes: &[Write]) -> Result<Vec<Done>, DbError> {
+/// A creation counts as [`Advance::Applied`].
+async fn write_group(pool: &Pool, writes: &[Write]) -> Result<Vec<Advance>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let outcomes =
@@ -122,13 +108,13 @@ async fn write_group(pool: &Pool, writes: &[Write]) -> Result<Vec<Done>, DbError
     Ok(outcomes)
 }
 
-async fn write_one(tx: &Transaction<'_>, write: &Write) -> Result<Done, DbError> {
+async fn write_one(tx: &Transaction<'_>, write: &Write) -> Result<Advance, DbError> {
     match write {
         Write::Create { order, .. } => {
             insert(tx, order).await?;
-            Ok(Done::Created)
+            Ok(Advance::Applied)
         }
-        Write::Advance { step, .. } => Ok(Done::Advanced(advance(tx, step).await?)),
+        Write::Advance { step, .. } => advance(tx, step).await,
     }
 }
 
@@ -209,7 +195,8 @@ pub async fn insert(tx: &Transaction<'_>, order: &NewOrder) -> Result<(), DbErro
 /// processed; only then are the reply's id, the history and the outbox
 /// rows written. So a stale or repeated step writes nothing and needs no
 /// rollback, and the answer says which it was.
-const ADVANCE: &str = "
+static ADVANCE: LazyLock<String> = LazyLock::new(|| {
+    "
 WITH seen AS (
     SELECT 1 FROM orders.processed_events WHERE event_id = $9
 ), moved AS (
@@ -227,18 +214,15 @@ WITH seen AS (
 ), outbox AS (
     INSERT INTO orders.outbox (OUTBOX_COLUMNS) SELECT o.* FROM moved, OUTBOX_ROWS AS o
 )
-SELECT EXISTS (SELECT 1 FROM seen), (SELECT count(*) FROM moved), (SELECT count(*) FROM marked)";
+SELECT EXISTS (SELECT 1 FROM seen), (SELECT count(*) FROM moved), (SELECT count(*) FROM marked)"
+        .replace("OUTBOX_COLUMNS", OutboxRows::COLUMNS)
+        .replace("OUTBOX_ROWS", &OutboxRows::unnest(14))
+});
 
 /// Persists one saga step inside the group's transaction.
 async fn advance(tx: &Transaction<'_>, step: &Step) -> Result<Advance, DbError> {
     let next = &step.next;
-    let statement = tx
-        .prepare_cached(
-            &ADVANCE
-                .replace("OUTBOX_COLUMNS", OutboxRows::COLUMNS)
-                .replace("OUTBOX_ROWS", &OutboxRows::unnest(14)),
-        )
-        .await?;
+    let statement = tx.prepare_cached(&ADVANCE).await?;
     let changes: Vec<_> = step
         .messages
         .iter()

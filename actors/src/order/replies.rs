@@ -9,9 +9,7 @@ use crate::kafka::{EventHandler, HandlerError};
 use crate::rpc::ask;
 use futures::future::join_all;
 use ractor::ActorRef;
-use std::collections::HashMap;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// How long one saga step may take before the batch is retried.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,22 +22,19 @@ pub struct SagaReplies {
 
 impl EventHandler for SagaReplies {
     async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
-        // Different orders proceed in parallel; one order's replies in order.
-        let mut by_order: HashMap<Uuid, Vec<Envelope>> = HashMap::new();
-        for envelope in batch {
-            if is_saga_reply(&envelope.event) {
-                by_order
-                    .entry(envelope.order_id)
-                    .or_default()
-                    .push(envelope);
-            } else {
+        let replies = batch.into_iter().filter(|envelope| {
+            let saga_reply = is_saga_reply(&envelope.event);
+            if !saga_reply {
                 tracing::warn!(
                     event_type = envelope.event.type_name(),
                     "not a saga reply; ignored"
                 );
             }
-        }
-        let results = join_all(by_order.into_values().map(|replies| async move {
+            saga_reply
+        });
+        // Different orders proceed in parallel; one order's replies in order.
+        let by_order = crate::inbox::by_order(replies, |e| e.order_id);
+        let results = join_all(by_order.into_iter().map(|replies| async move {
             for envelope in replies {
                 ask(&self.sagas, "saga supervisor", STEP_TIMEOUT, |reply| {
                     SagasMsg::Deliver { envelope, reply }

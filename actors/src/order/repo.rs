@@ -5,11 +5,12 @@
 //! New orders and saga steps are written in groups ([`group`]): those that
 //! arrive while earlier groups are being written share one transaction.
 
-use super::group::{self, Step, Write};
+pub use super::group::Step;
+use super::group::{self, Write};
 use super::machine::SagaState;
 use super::model::{OrderItem, OrderSummary, OrderView, StatusEntry};
 use crate::db::DbError;
-use crate::events::{Envelope, OrderLine, OrderStatus, RejectReason};
+use crate::events::{OrderLine, OrderStatus, RejectReason};
 use crate::rpc::answer;
 use deadpool_postgres::Pool;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -84,18 +85,10 @@ pub enum OrderRepoMsg {
         /// Its state, or `None` if there is no such order.
         reply: RpcReplyPort<Result<Option<SagaState>, DbError>>,
     },
-    /// Persists one saga step.
+    /// Persists one saga step (in the next group).
     Advance {
-        /// The reply that caused the step, recorded as processed.
-        event_id: Uuid,
-        /// The sequence number the step was decided from.
-        from_seq: i32,
-        /// The compensation attempts the step was decided from.
-        from_attempts: i32,
-        /// The state after the step.
-        next: SagaState,
-        /// Lifecycle events and commands the step sends.
-        messages: Vec<Envelope>,
+        /// The step.
+        step: Step,
         /// What happened.
         reply: RpcReplyPort<Result<Advance, DbError>>,
     },
@@ -212,23 +205,10 @@ impl Actor for OrderRepo {
                     reply,
                 },
             ),
-            OrderRepoMsg::Advance {
-                event_id,
-                from_seq,
-                from_attempts,
-                next,
-                messages,
-                reply,
-            } => state.enqueue(
+            OrderRepoMsg::Advance { step, reply } => state.enqueue(
                 &myself,
                 Write::Advance {
-                    step: Box::new(Step {
-                        event_id,
-                        from_seq,
-                        from_attempts,
-                        next,
-                        messages,
-                    }),
+                    step: Box::new(step),
                     reply,
                 },
             ),

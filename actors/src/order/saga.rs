@@ -7,7 +7,7 @@
 //! process restarts, resumes from its last stored step.
 
 use super::machine::{SagaPolicy, SagaState, Transition};
-use super::repo::{Advance, OrderRepoMsg};
+use super::repo::{Advance, OrderRepoMsg, Step};
 use crate::events::{Envelope, Event, OrderStatus};
 use crate::outbox::OutboxNotifier;
 use crate::rpc::{ask, DEFAULT_TIMEOUT};
@@ -257,11 +257,13 @@ async fn step(args: &mut SagaArgs, input: Input<'_>) -> Result<(), SagaError> {
         let (from_seq, from_attempts) = (current.seq, current.attempts);
         let outcome = ask(&args.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
             OrderRepoMsg::Advance {
-                event_id,
-                from_seq,
-                from_attempts,
-                next: next.clone(),
-                messages,
+                step: Step {
+                    event_id,
+                    from_seq,
+                    from_attempts,
+                    next: next.clone(),
+                    messages,
+                },
                 reply,
             }
         })

@@ -66,22 +66,10 @@ pub async fn apply_commands(pool: Pool, batch: Vec<Envelope>) -> Result<(), DbEr
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Every id of the batch recorded in one round trip, in this transaction.
-    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
-    let mut fresh = outbox::first_deliveries(&tx, SCHEMA, &ids).await?;
-    // `remove`: an id twice in one batch is applied once.
-    let commands: Vec<&Envelope> = batch
-        .iter()
-        .filter(|envelope| {
-            let first = fresh.remove(&envelope.event_id);
-            if !first {
-                tracing::debug!(event_id = %envelope.event_id, "duplicate payment command ignored");
-            }
-            first
-        })
-        .collect();
-    let replies =
-        crate::inbox::apply_by_order("payment", commands, |envelope| apply_command(&tx, envelope))
-            .await?;
+    let replies = crate::inbox::apply_batch(&tx, SCHEMA, "payment", &batch, |envelope| {
+        apply_command(&tx, envelope)
+    })
+    .await?;
     outbox::append(&tx, SCHEMA, &replies).await?;
     tx.commit().await?;
     Ok(())
