@@ -90,6 +90,7 @@ fn relay(c: &mut Criterion, rt: &Runtime, db: &BenchDb, broker: &EmbeddedBroker)
         pool: &db.pool,
         producer: &producer,
         schema: "payment",
+        topic_prefix: &settings.topic_prefix,
         lock_key: Publisher::lock_key("payment"),
     };
     let mut group = c.benchmark_group("outbox_relay_batch");

@@ -103,7 +103,8 @@ pub struct ReplayArgs {
     /// Every pending dead letter.
     #[arg(long)]
     pub all: bool,
-    /// Pending dead letters that came from this topic.
+    /// Pending dead letters that came from this topic, as `shop dlq list`
+    /// shows it or without KAFKA_TOPIC_PREFIX.
     #[arg(long, value_name = "TOPIC")]
     pub topic: Option<String>,
     /// The one dead letter at this partition of the dead-letter topic
@@ -117,9 +118,12 @@ pub struct ReplayArgs {
 
 impl ReplayArgs {
     /// The library's view of the choice (clap guarantees there is one).
-    fn selection(&self) -> Selection {
+    fn selection(&self, kafka: &KafkaSettings) -> Selection {
         match (&self.topic, self.partition, self.offset) {
-            (Some(topic), _, _) => Selection::SourceTopic(topic.clone()),
+            (Some(topic), _, _) if topic.starts_with(&kafka.topic_prefix) => {
+                Selection::SourceTopic(topic.clone())
+            }
+            (Some(topic), _, _) => Selection::SourceTopic(kafka.topic(topic)),
             (None, Some(partition), Some(offset)) => Selection::One { partition, offset },
             _ => Selection::All,
         }
@@ -161,13 +165,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Broker => {
-            let broker = shop_actors::kafka::EmbeddedBroker::start(
-                &topics::ALL,
-                cli.settings
-                    .kafka_partitions
-                    .unwrap_or(crate::startup::DEFAULT_PARTITIONS),
-            )
-            .context("starting the embedded broker")?;
+            let kafka = cli.settings.kafka("", false);
+            let names: Vec<String> = topics::ALL.iter().map(|t| kafka.topic(t)).collect();
+            let broker = shop_actors::kafka::EmbeddedBroker::start(&names, kafka.partitions)
+                .context("starting the embedded broker")?;
             println!("{}", broker.bootstrap_servers());
             tracing::info!(
                 brokers = broker.bootstrap_servers(),
@@ -184,7 +185,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 "KAFKA_BROKERS (or --kafka-brokers) is required: the broker the gateway reads",
             )?;
             let (auth, _) = crate::auth::load(&cli.settings).context("loading the signing key")?;
-            let result = crate::wsbench::run(&args, &brokers, &auth).await?;
+            let kafka = cli.settings.kafka(&brokers, false);
+            let result = crate::wsbench::run(&args, &kafka, &auth).await?;
             let json = serde_json::to_string_pretty(&result)?;
             if let Some(path) = &args.out {
                 std::fs::write(path, &json)
@@ -257,7 +259,7 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
              brokers=127.0.0.1:PORT\") or the one `shop broker` printed"
         );
     };
-    let kafka = KafkaSettings::new(brokers);
+    let kafka = settings.kafka(&brokers, false);
     // Output is written only once the Kafka work is done: the log subscriber
     // also writes to stdout, and holding its lock across an await would
     // deadlock the first log line.
@@ -275,13 +277,17 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
                     writeln!(out, "{}", letter_json(letter, progress.is_replayed(letter)))?;
                 }
             } else if letters.is_empty() {
-                writeln!(out, "no dead letters on `{}`", topics::DEAD_LETTERS)?;
+                writeln!(
+                    out,
+                    "no dead letters on `{}`",
+                    kafka.topic(topics::DEAD_LETTERS)
+                )?;
             } else {
                 write!(out, "{}", letter_table(&letters, &progress))?;
             }
         }
         DlqCommand::Replay(args) => {
-            let replayed = dead_letters::replay(&kafka, &args.selection())
+            let replayed = dead_letters::replay(&kafka, &args.selection(&kafka))
                 .await
                 .context("replaying dead letters")?;
             let mut out = std::io::stdout().lock();
@@ -457,10 +463,11 @@ mod tests {
 
     fn replay_selection(args: &[&str]) -> Result<Selection, clap::Error> {
         let cli = Cli::try_parse_from(["shop", "dlq", "replay"].iter().chain(args))?;
+        let kafka = cli.settings.kafka("k:9092", false);
         match cli.command {
             Some(Command::Dlq {
                 command: DlqCommand::Replay(args),
-            }) => Ok(args.selection()),
+            }) => Ok(args.selection(&kafka)),
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -472,6 +479,13 @@ mod tests {
             replay_selection(&["--topic", "inventory-commands"]).unwrap(),
             Selection::SourceTopic("inventory-commands".into())
         );
+        // With a prefix, the topic as listed or as the platform names it.
+        for topic in ["staging.inventory-commands", "inventory-commands"] {
+            assert_eq!(
+                replay_selection(&["--kafka-topic-prefix", "staging.", "--topic", topic]).unwrap(),
+                Selection::SourceTopic("staging.inventory-commands".into())
+            );
+        }
         assert_eq!(
             replay_selection(&["--partition", "2", "--offset", "7"]).unwrap(),
             Selection::One {

@@ -2,6 +2,7 @@
 //! variable, with a default that works on a developer's machine.
 
 use clap::Args;
+use shop_actors::kafka::KafkaSettings;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -18,9 +19,47 @@ pub struct Settings {
     /// BENCHMARKS.md), else 6.
     #[arg(long, env = "KAFKA_PARTITIONS", global = true)]
     pub kafka_partitions: Option<i32>,
-    /// Replication factor when topics are created.
-    #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1, global = true)]
+    /// Replication factor when topics are created; existing topics must
+    /// have at least this many replicas. The default suits a 3-broker
+    /// cluster; a single-node Kafka needs 1. Ignored by the embedded broker.
+    #[arg(
+        long,
+        env = "KAFKA_REPLICATION",
+        default_value_t = shop_actors::kafka::DEFAULT_REPLICATION,
+        value_parser = clap::value_parser!(i32).range(1..),
+        global = true
+    )]
     pub kafka_replication: i32,
+    /// `min.insync.replicas` of the topics the platform creates. Default:
+    /// 2, or KAFKA_REPLICATION if that is less.
+    #[arg(
+        long,
+        env = "KAFKA_MIN_INSYNC_REPLICAS",
+        value_parser = clap::value_parser!(i32).range(1..),
+        global = true
+    )]
+    pub kafka_min_insync_replicas: Option<i32>,
+    /// `retention.ms` of the dead-letter topic when the platform creates
+    /// it; -1 keeps dead letters forever. Default: 30 days.
+    #[arg(
+        long,
+        env = "KAFKA_DEAD_LETTER_RETENTION_MS",
+        default_value_t = shop_actors::kafka::DEFAULT_DEAD_LETTER_RETENTION_MS,
+        value_parser = parse_retention,
+        global = true
+    )]
+    pub kafka_dead_letter_retention_ms: i64,
+    /// Put before every topic name and consumer-group id, so that several
+    /// platforms (environments, test runs) share one Kafka cluster, e.g.
+    /// `staging.`. Letters, digits, `.`, `_` and `-` only.
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC_PREFIX",
+        default_value = "",
+        value_parser = parse_topic_prefix,
+        global = true
+    )]
+    pub kafka_topic_prefix: String,
     /// Consumer-group session timeout, in milliseconds.
     #[arg(
         long,
@@ -252,10 +291,77 @@ impl Settings {
         }
     }
 
+    /// How to reach Kafka at `brokers` and lay out topics there, from these
+    /// settings. `embedded`: `brokers` is the broker embedded in this
+    /// process, which has one node, so its topics have one replica.
+    pub fn kafka(&self, brokers: &str, embedded: bool) -> KafkaSettings {
+        let mut kafka = KafkaSettings::new(brokers);
+        kafka.partitions = self.kafka_partitions.unwrap_or(if embedded {
+            EMBEDDED_PARTITIONS
+        } else {
+            DEFAULT_PARTITIONS
+        });
+        kafka.replication = if embedded { 1 } else { self.kafka_replication };
+        kafka.min_insync_replicas = self
+            .kafka_min_insync_replicas
+            .unwrap_or(shop_actors::kafka::DEFAULT_MIN_INSYNC_REPLICAS.min(kafka.replication));
+        kafka.dead_letter_retention_ms = self.kafka_dead_letter_retention_ms;
+        kafka.topic_prefix = self.kafka_topic_prefix.clone();
+        kafka.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
+        // The embedded broker holds an empty fetch for the whole wait (it
+        // is librdkafka's mock): poll it often, or every hop waits.
+        let fetch_wait_ms = self.kafka_fetch_wait_ms.unwrap_or(if embedded {
+            EMBEDDED_FETCH_WAIT_MS
+        } else {
+            shop_actors::kafka::DEFAULT_FETCH_WAIT_MS
+        });
+        kafka.fetch_wait = Duration::from_millis(fetch_wait_ms.max(1));
+        kafka
+    }
+
     /// The database URL with any password replaced, for logs.
     pub fn database_url_redacted(&self) -> String {
         redact(&self.database_url)
     }
+}
+
+/// `fetch.wait.max.ms` against the broker embedded in this process, unless
+/// `KAFKA_FETCH_WAIT_MS` says otherwise: its mock holds an empty fetch for
+/// the whole wait, so this is what each hop may wait for a message already
+/// there (at the cost of about 10% of a core polling while idle).
+const EMBEDDED_FETCH_WAIT_MS: u64 = 1;
+
+/// Partitions per topic on the broker embedded in `shop all` unless
+/// `KAFKA_PARTITIONS` says otherwise. One process reads every partition, so
+/// more buy no parallelism; and librdkafka's mock broker finds a fetch's
+/// offset by walking the partition's log from its oldest batch, so the
+/// more partitions a topic is split into, the smaller its batches and the
+/// longer those walks (BENCHMARKS.md: 1,700 orders/s held with 2, collapse
+/// above 1,500/s with 6).
+const EMBEDDED_PARTITIONS: i32 = 2;
+
+/// Partitions per topic elsewhere: room for several processes of a service.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+
+/// `KAFKA_DEAD_LETTER_RETENTION_MS`: a positive number of milliseconds, or -1.
+fn parse_retention(value: &str) -> Result<i64, String> {
+    match value.trim().parse::<i64>() {
+        Ok(ms) if ms == -1 || ms > 0 => Ok(ms),
+        _ => Err("a positive number of milliseconds, or -1 to keep forever".into()),
+    }
+}
+
+/// `KAFKA_TOPIC_PREFIX`: what Kafka allows in a topic name (letters,
+/// digits, `.`, `_`, `-`), short enough to leave room for the names.
+fn parse_topic_prefix(value: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.len() > 200 || !value.chars().all(allowed) {
+        return Err(
+            "at most 200 of the characters Kafka allows in a topic name: letters, digits, `.`, `_`, `-`"
+                .into(),
+        );
+    }
+    Ok(value.to_owned())
 }
 
 /// Replaces the password of a `scheme://user:password@host` URL with `***`.
@@ -298,5 +404,49 @@ mod tests {
         assert_eq!(settings.payment_port, 8082);
         assert_eq!(settings.gateway_port, 8083);
         assert!(settings.kafka_brokers.is_none());
+        assert_eq!(settings.kafka_replication, 3);
+        assert_eq!(settings.kafka_topic_prefix, "");
+    }
+
+    #[test]
+    fn kafka_settings_follow_the_broker() {
+        let mut settings = Settings::defaults();
+        let cluster = settings.kafka("k:9092", false);
+        assert_eq!(
+            (
+                cluster.partitions,
+                cluster.replication,
+                cluster.min_insync_replicas
+            ),
+            (6, 3, 2)
+        );
+        let embedded = settings.kafka("127.0.0.1:1", true);
+        assert_eq!(
+            (
+                embedded.partitions,
+                embedded.replication,
+                embedded.min_insync_replicas
+            ),
+            (2, 1, 1)
+        );
+        // A single node: min.insync.replicas follows the replication down.
+        settings.kafka_replication = 1;
+        assert_eq!(settings.kafka("k:9092", false).min_insync_replicas, 1);
+        settings.kafka_topic_prefix = "staging.".into();
+        let prefixed = settings.kafka("k:9092", false);
+        assert_eq!(prefixed.topic("order-events"), "staging.order-events");
+        assert_eq!(prefixed.group("order"), "staging.order");
+    }
+
+    #[test]
+    fn bad_topic_settings_are_refused() {
+        assert!(parse_topic_prefix("staging.eu-1_a").is_ok());
+        assert!(parse_topic_prefix("").is_ok());
+        assert!(parse_topic_prefix("a/b").is_err());
+        assert!(parse_topic_prefix("a b").is_err());
+        assert_eq!(parse_retention("-1"), Ok(-1));
+        assert!(parse_retention("0").is_err());
+        assert!(parse_retention("-5").is_err());
+        assert!(parse_retention("1h").is_err());
     }
 }

@@ -7,7 +7,7 @@ use crate::config::Settings;
 use crate::http::{self, health::Readiness};
 use shop_actors::db::{self, SchemaMigrations};
 use shop_actors::events::topics;
-use shop_actors::kafka::{EmbeddedBroker, KafkaSettings};
+use shop_actors::kafka::EmbeddedBroker;
 use shop_actors::{Infra, RunningService};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,24 +47,6 @@ impl Role {
     }
 }
 
-/// `fetch.wait.max.ms` against the broker embedded in this process, unless
-/// `KAFKA_FETCH_WAIT_MS` says otherwise: its mock holds an empty fetch for
-/// the whole wait, so this is what each hop may wait for a message already
-/// there (at the cost of about 10% of a core polling while idle).
-const EMBEDDED_FETCH_WAIT_MS: u64 = 1;
-
-/// Partitions per topic on the broker embedded in `shop all` unless
-/// `KAFKA_PARTITIONS` says otherwise. One process reads every partition, so
-/// more buy no parallelism; and librdkafka's mock broker finds a fetch's
-/// offset by walking the partition's log from its oldest batch, so the
-/// more partitions a topic is split into, the smaller its batches and the
-/// longer those walks (BENCHMARKS.md: 1,700 orders/s held with 2, collapse
-/// above 1,500/s with 6).
-const EMBEDDED_PARTITIONS: i32 = 2;
-
-/// Partitions per topic elsewhere: room for several processes of a service.
-pub const DEFAULT_PARTITIONS: i32 = 6;
-
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -80,6 +62,9 @@ pub enum StartupError {
     /// Kafka set-up failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The platform's topics are not as configured, or could not be created.
+    #[error("kafka topics: {0}")]
+    Topics(#[from] shop_actors::kafka::TopicError),
     /// A port could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -172,19 +157,20 @@ impl Platform {
                  (`shop token --customer <id>` prints one)"
             ),
         }
-        let embedded = settings.kafka_brokers.is_none() && role == Role::All;
-        let partitions = settings.kafka_partitions.unwrap_or(if embedded {
-            EMBEDDED_PARTITIONS
-        } else {
-            DEFAULT_PARTITIONS
-        });
-        let (broker, brokers) = match (&settings.kafka_brokers, role) {
-            (Some(brokers), _) => (None, brokers.clone()),
+        let (broker, kafka) = match (&settings.kafka_brokers, role) {
+            (Some(brokers), _) => {
+                let kafka = settings.kafka(brokers, false);
+                kafka.ensure_topics(&topics::ALL).await?;
+                (None, kafka)
+            }
             (None, Role::All) => {
-                let broker = EmbeddedBroker::start(&topics::ALL, partitions)?;
-                let brokers = broker.bootstrap_servers().to_owned();
+                let mut kafka = settings.kafka("", true);
+                let names: Vec<String> = topics::ALL.iter().map(|t| kafka.topic(t)).collect();
+                let broker = EmbeddedBroker::start(&names, kafka.partitions)?;
+                kafka.brokers = broker.bootstrap_servers().to_owned();
+                let brokers = &kafka.brokers;
                 tracing::info!(%brokers, "started the embedded Kafka-protocol broker (in memory; try `kcat -b {brokers} -L`)");
-                (Some(broker), brokers)
+                (Some(broker), kafka)
             }
             (None, _) => {
                 return Err(StartupError::Config(format!(
@@ -192,21 +178,7 @@ impl Platform {
                 )))
             }
         };
-        let mut kafka = KafkaSettings::new(&brokers);
-        kafka.partitions = partitions;
-        kafka.replication = settings.kafka_replication;
-        kafka.session_timeout = Duration::from_millis(settings.kafka_session_timeout_ms);
-        // The embedded broker holds an empty fetch for the whole wait (it
-        // is librdkafka's mock): poll it often, or every hop waits.
-        let fetch_wait_ms = settings.kafka_fetch_wait_ms.unwrap_or(if broker.is_some() {
-            EMBEDDED_FETCH_WAIT_MS
-        } else {
-            shop_actors::kafka::DEFAULT_FETCH_WAIT_MS
-        });
-        kafka.fetch_wait = Duration::from_millis(fetch_wait_ms.max(1));
-        if broker.is_none() {
-            kafka.ensure_topics(&topics::ALL).await?;
-        }
+        let brokers = kafka.brokers.clone();
 
         tracing::info!(database = %settings.database_url_redacted(), "connecting to postgres");
         db::ensure_database(&settings.database_url).await?;

@@ -111,10 +111,10 @@ impl Percentiles {
 }
 
 /// Runs the benchmark against the gateway at `args.gateway_url`, publishing
-/// to `brokers`, with tokens signed by `auth`.
+/// to the order-events topic of `kafka`, with tokens signed by `auth`.
 pub async fn run(
     args: &WsBenchArgs,
-    brokers: &str,
+    kafka: &KafkaSettings,
     auth: &Authenticator,
 ) -> anyhow::Result<WsBenchResult> {
     let rss_before = args.gateway_pid.and_then(rss_kib);
@@ -153,7 +153,7 @@ pub async fn run(
         .collect();
     drop(latencies_tx);
 
-    let published = publish(brokers, open, args.rate, args.seconds).await?;
+    let published = publish(kafka, open, args.rate, args.seconds).await?;
     // Stragglers: give the last updates a moment to arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for reader in &readers {
@@ -255,7 +255,7 @@ async fn read_updates(
 /// Publishes `rate` updates a second for `seconds`, each for a random
 /// connected customer; returns how many were published.
 async fn publish(
-    brokers: &str,
+    kafka: &KafkaSettings,
     customers: usize,
     rate: u32,
     seconds: u64,
@@ -263,7 +263,8 @@ async fn publish(
     if customers == 0 || rate == 0 {
         return Ok(0);
     }
-    let producer = KafkaSettings::new(brokers).producer()?;
+    let producer = kafka.producer()?;
+    let topic = kafka.topic(topics::ORDER_EVENTS);
     let total = usize::try_from(u64::from(rate) * seconds).unwrap_or(usize::MAX);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let started = tokio::time::Instant::now();
@@ -286,11 +287,7 @@ async fn publish(
         // only hand the message to librdkafka once awaited.
         let (key, payload) = (envelope.key(), envelope.encode());
         let queued = producer
-            .send_result(
-                FutureRecord::to(topics::ORDER_EVENTS)
-                    .key(&key)
-                    .payload(&payload),
-            )
+            .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
             .map_err(|(error, _)| error);
         sends.push(async move {
             match queued {

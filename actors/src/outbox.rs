@@ -179,6 +179,8 @@ pub struct RelayArgs {
     pub producer: FutureProducer,
     /// The schema whose outbox this relay drains.
     pub schema: &'static str,
+    /// Put before each row's topic (see `KafkaSettings::topic_prefix`).
+    pub topic_prefix: String,
     /// How often to look for rows when nobody woke the relay (rows written
     /// by another process of the same service, or left by a failed round).
     pub poll_interval: Duration,
@@ -354,6 +356,7 @@ async fn publish_all(state: &RelayState) -> Result<Round, RelayError> {
         pool: &state.args.pool,
         producer: &state.args.producer,
         schema: state.args.schema,
+        topic_prefix: &state.args.topic_prefix,
         lock_key: state.lock_key,
     };
     loop {
@@ -375,6 +378,8 @@ pub struct Publisher<'a> {
     pub producer: &'a FutureProducer,
     /// Whose outbox.
     pub schema: &'a str,
+    /// Put before each row's topic (see `KafkaSettings::topic_prefix`).
+    pub topic_prefix: &'a str,
     /// The schema's relay lock ([`Publisher::lock_key`]).
     pub lock_key: i64,
 }
@@ -420,8 +425,12 @@ impl Publisher<'_> {
             open.finish("COMMIT").await?;
             return Ok((Some(0), false));
         }
-        let sends = rows.iter().map(|row| {
-            let topic: &str = row.get(1);
+        // Rows name the platform's topics; the broker's names may carry a prefix.
+        let topics: Vec<String> = rows
+            .iter()
+            .map(|row| format!("{}{}", self.topic_prefix, row.get::<_, &str>(1)))
+            .collect();
+        let sends = rows.iter().zip(&topics).map(|(row, topic)| {
             let key: &str = row.get(2);
             let payload: &[u8] = row.get(3);
             let stored: Option<&str> = row.get(4);

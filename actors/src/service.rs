@@ -94,6 +94,7 @@ pub async fn start_relay(
             pool: infra.pool.clone(),
             producer: infra.producer.clone(),
             schema,
+            topic_prefix: infra.kafka.topic_prefix.clone(),
             poll_interval: infra.outbox_poll,
         },
         supervisor.get_cell(),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn kafka(app: &TestApp) -> KafkaSettings {
-    KafkaSettings::new(app.brokers())
+    app.kafka_settings()
 }
 
 /// Produces `payload` keyed by `key` straight onto `partition` of `topic`;
@@ -107,7 +107,7 @@ async fn bad_messages_are_dead_lettered_without_blocking_other_orders() {
         let key = Uuid::now_v7().to_string();
         let at = produce(
             &producer,
-            topics::INVENTORY_COMMANDS,
+            &settings.topic(topics::INVENTORY_COMMANDS),
             partition as i32,
             &key,
             payload,
@@ -133,7 +133,7 @@ async fn bad_messages_are_dead_lettered_without_blocking_other_orders() {
             .unwrap_or_else(|| panic!("no dead letter for the {what} message: {letters:?}"));
         assert_eq!(
             letter.source_topic.as_deref(),
-            Some(topics::INVENTORY_COMMANDS)
+            Some(settings.topic(topics::INVENTORY_COMMANDS).as_str())
         );
         assert_eq!(letter.source_offset, Some(*offset), "{what}");
         assert_eq!(letter.group.as_deref(), Some("product"), "{what}");
@@ -163,7 +163,7 @@ async fn a_dead_letter_replayed_once_its_cause_is_fixed_is_handled_once() {
     // database refused the command; the cause is now fixed.
     let failure = Failure {
         error: "permanent: reservation refused".into(),
-        source_topic: topics::INVENTORY_COMMANDS.into(),
+        source_topic: settings.topic(topics::INVENTORY_COMMANDS),
         source_partition: 0,
         source_offset: 0,
         group: "product".into(),
@@ -172,6 +172,7 @@ async fn a_dead_letter_replayed_once_its_cause_is_fixed_is_handled_once() {
     let producer = settings.producer().unwrap();
     dead_letters::send(
         &producer,
+        &settings.topic(topics::DEAD_LETTERS),
         Some(command.key().as_bytes()),
         Some(&command.encode()),
         &failure,

@@ -2,11 +2,9 @@
 //! survive restarts, compensation that voids late payments, and retries that
 //! end in a visible FAILED state instead of a silently stuck order.
 
-use crate::helpers::{spawn_app_with, Options};
+use crate::helpers::{spawn_app_with, Options, TestBroker};
 use serde_json::Value;
 use shop::Role;
-use shop_actors::events::topics;
-use shop_actors::kafka::EmbeddedBroker;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -129,11 +127,10 @@ async fn deadline_persists_across_a_restart() {
 #[tokio::test]
 async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
     // An order service with no product service: nobody acknowledges a release.
-    let broker = EmbeddedBroker::start(&topics::ALL, 3).unwrap();
-    let brokers = broker.bootstrap_servers().to_owned();
+    let broker = TestBroker::start(3);
     let order_app = spawn_app_with(Options {
         role: Role::Order,
-        kafka_brokers: Some(brokers.clone()),
+        kafka: Some(broker.target()),
         saga_retry_base_ms: 100,
         saga_max_attempts: 3,
         ..Options::default()
@@ -189,7 +186,7 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
     let db_name = order_app.db_name.clone();
     let product_app = spawn_app_with(Options {
         role: Role::Product,
-        kafka_brokers: Some(brokers.clone()),
+        kafka: Some(broker.target()),
         db_name: Some(db_name),
         ..Options::default()
     })
@@ -213,5 +210,5 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
     assert_eq!(tombstones, 1);
     product_app.stop_keeping_data().await;
     order_app.teardown().await;
-    drop(broker);
+    broker.teardown().await;
 }

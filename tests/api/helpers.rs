@@ -31,6 +31,108 @@ pub fn admin_token() -> String {
     token("ops", shop::auth::Role::Admin)
 }
 
+/// The Apache Kafka (or any real broker) to run against instead of an
+/// embedded broker per test, e.g. `127.0.0.1:9092`; unset: embedded.
+pub fn external_brokers() -> Option<String> {
+    std::env::var("TEST_KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+}
+
+/// Replication factor of the topics tests create on [`external_brokers`]
+/// (`TEST_KAFKA_REPLICATION`, default 1: a single node).
+fn external_replication() -> i32 {
+    std::env::var("TEST_KAFKA_REPLICATION")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Where a test's platform finds Kafka: a broker and the prefix of the
+/// test's own topics and groups there, so tests sharing one broker never
+/// see each other's messages.
+#[derive(Debug, Clone)]
+pub struct KafkaTarget {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// `KAFKA_TOPIC_PREFIX` of the platform.
+    pub topic_prefix: String,
+}
+
+/// A broker a test shares between several platforms it starts itself:
+/// an embedded one of its own, or a fresh prefix on [`external_brokers`].
+pub struct TestBroker {
+    /// Kept running until dropped.
+    embedded: Option<shop_actors::kafka::EmbeddedBroker>,
+    target: KafkaTarget,
+}
+
+impl TestBroker {
+    /// An embedded broker with every topic at `partitions`, or a prefix on
+    /// the external broker (whose topics the first platform creates).
+    pub fn start(partitions: i32) -> Self {
+        let topic_prefix = format!("shop_test_{}.", Uuid::new_v4().simple());
+        match external_brokers() {
+            Some(brokers) => Self {
+                embedded: None,
+                target: KafkaTarget {
+                    brokers,
+                    topic_prefix,
+                },
+            },
+            None => {
+                let names: Vec<String> = shop_actors::events::topics::ALL
+                    .iter()
+                    .map(|t| format!("{topic_prefix}{t}"))
+                    .collect();
+                let broker = shop_actors::kafka::EmbeddedBroker::start(&names, partitions)
+                    .expect("embedded broker");
+                Self {
+                    target: KafkaTarget {
+                        brokers: broker.bootstrap_servers().to_owned(),
+                        topic_prefix,
+                    },
+                    embedded: Some(broker),
+                }
+            }
+        }
+    }
+
+    /// What to give [`Options::kafka`].
+    pub fn target(&self) -> KafkaTarget {
+        self.target.clone()
+    }
+
+    /// Deletes the test's topics from the external broker, if that is where they are.
+    pub async fn teardown(self) {
+        if self.embedded.is_none() {
+            delete_topics(&self.target).await;
+        }
+    }
+}
+
+/// Deletes the platform topics of `target`'s prefix (tests on a shared
+/// broker clean up after themselves).
+async fn delete_topics(target: &KafkaTarget) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &target.brokers)
+            .create()
+            .expect("admin client");
+    let names: Vec<String> = shop_actors::events::topics::ALL
+        .iter()
+        .map(|t| format!("{}{t}", target.topic_prefix))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        admin.delete_topics(&names, &options),
+    )
+    .await;
+}
+
 /// A running platform with its own database and clients for it.
 pub struct TestApp {
     /// The platform (taken on teardown).
@@ -48,6 +150,11 @@ pub struct TestApp {
     pub db: tokio_postgres::Client,
     /// The test database's name.
     pub db_name: String,
+    /// Where its Kafka is, to start more platforms on the same topics.
+    pub kafka: KafkaTarget,
+    /// Whether this app made its topics on an external broker (and so
+    /// deletes them on teardown).
+    owns_topics: bool,
 }
 
 /// Options for [`spawn_app_with`].
@@ -62,8 +169,10 @@ pub struct Options {
     pub saga_max_attempts: i32,
     /// Which services to run.
     pub role: Role,
-    /// An existing broker (required unless `role` is `All`).
-    pub kafka_brokers: Option<String>,
+    /// An existing broker and prefix (required unless `role` is `All`);
+    /// `None`: an embedded broker of its own, or a fresh prefix on
+    /// [`external_brokers`].
+    pub kafka: Option<KafkaTarget>,
     /// An existing test database to reuse (a restart), instead of a new one.
     pub db_name: Option<String>,
     /// A Redis other than the machine's.
@@ -89,7 +198,7 @@ impl Default for Options {
             saga_retry_base_ms: 5_000,
             saga_max_attempts: 6,
             role: Role::All,
-            kafka_brokers: None,
+            kafka: None,
             db_name: None,
             redis_url: None,
             product_url: None,
@@ -133,7 +242,15 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.saga_retry_base_ms = options.saga_retry_base_ms;
     settings.saga_max_attempts = options.saga_max_attempts;
     settings.saga_sweep_ms = 100;
-    settings.kafka_brokers = options.kafka_brokers.clone();
+    let owns_topics = options.kafka.is_none() && external_brokers().is_some();
+    let kafka = options.kafka.clone().unwrap_or_else(|| KafkaTarget {
+        // An embedded broker's own address is known once it runs.
+        brokers: external_brokers().unwrap_or_default(),
+        topic_prefix: format!("{db_name}."),
+    });
+    settings.kafka_brokers = Some(kafka.brokers.clone()).filter(|b| !b.is_empty());
+    settings.kafka_topic_prefix = kafka.topic_prefix.clone();
+    settings.kafka_replication = external_replication();
     settings.product_url = options.product_url.clone();
     settings.order_url = options.order_url.clone();
     settings.ws_ping_seconds = options.ws_ping_seconds;
@@ -146,6 +263,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .expect("platform starts");
     let addrs = platform.addresses.clone();
+    let platform_brokers = platform.kafka_brokers.clone();
     let (db, connection) = tokio_postgres::connect(&settings.database_url, NoTls)
         .await
         .expect("test database reachable");
@@ -167,6 +285,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .unwrap_or_default(),
         db,
         db_name,
+        kafka: KafkaTarget {
+            brokers: platform_brokers,
+            topic_prefix: kafka.topic_prefix,
+        },
+        owns_topics,
     }
 }
 
@@ -180,23 +303,24 @@ impl TestApp {
         self.db_name.clone()
     }
 
-    /// Stops the platform and drops the test database.
+    /// Stops the platform and drops the test database (and its topics on
+    /// an external broker).
     pub async fn teardown(mut self) {
         if let Some(platform) = self.platform.take() {
             platform.shutdown().await;
+        }
+        if self.owns_topics {
+            delete_topics(&self.kafka).await;
         }
         drop(self.db);
         let url = format!("{}/{}", postgres_base(), self.db_name);
         let _ = shop_actors::db::drop_database(&url).await;
     }
 
-    /// The Kafka bootstrap servers of this app's broker.
-    pub fn brokers(&self) -> String {
-        self.platform
-            .as_ref()
-            .expect("running")
-            .kafka_brokers
-            .clone()
+    /// The Kafka settings this app's platform runs with (its topics'
+    /// names, its groups' ids).
+    pub fn kafka_settings(&self) -> shop_actors::kafka::KafkaSettings {
+        self.platform.as_ref().expect("running").infra.kafka.clone()
     }
 
     /// Creates a product with `stock` units at 1000 cents; returns its id.
@@ -488,31 +612,35 @@ pub fn admin_client() -> reqwest::Client {
         .expect("http client")
 }
 
-/// A consumer (of no group) assigned every partition of every topic from
-/// the beginning, and how many messages there are to read: to check what
-/// was published.
-pub fn read_every_topic(brokers: &str, name: &str) -> (rdkafka::consumer::BaseConsumer, i64) {
+/// A consumer (of no group) assigned every partition of every topic of
+/// `kafka` from the beginning, and how many messages there are to read: to
+/// check what was published.
+pub fn read_every_topic(
+    kafka: &shop_actors::kafka::KafkaSettings,
+    name: &str,
+) -> (rdkafka::consumer::BaseConsumer, i64) {
     use rdkafka::consumer::Consumer;
     let timeout = Duration::from_secs(10);
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", name)
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", kafka.group(name))
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut remaining = 0;
     for topic in shop_actors::events::topics::ALL {
+        let topic = kafka.topic(topic);
         let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
+            .fetch_metadata(Some(&topic), timeout)
             .expect("metadata");
         for partition in metadata.topics()[0].partitions() {
             let (low, high) = consumer
-                .fetch_watermarks(topic, partition.id(), timeout)
+                .fetch_watermarks(&topic, partition.id(), timeout)
                 .expect("watermarks");
             remaining += high - low;
             assignment
-                .add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)
+                .add_partition_offset(&topic, partition.id(), rdkafka::Offset::Beginning)
                 .expect("partition");
         }
     }

@@ -18,7 +18,7 @@ const NO_ORDER_SERVICE: &str = "http://127.0.0.1:9";
 async fn gateway(app: &TestApp, db_name: Option<String>, order_url: &str) -> TestApp {
     spawn_app_with(Options {
         role: Service::Gateway,
-        kafka_brokers: Some(app.brokers()),
+        kafka: Some(app.kafka.clone()),
         db_name,
         order_url: Some(order_url.to_owned()),
         ..Options::default()

@@ -74,7 +74,7 @@ async fn two_order_processes_split_sagas_by_partition_and_hand_over_on_leave() {
     .await;
     let b = spawn_app_with(Options {
         role: Role::Order,
-        kafka_brokers: Some(a.brokers()),
+        kafka: Some(a.kafka.clone()),
         db_name: Some(a.db_name.clone()),
         product_url: Some(a.product_url.clone()),
         payment_latency_ms: latency,

@@ -9,6 +9,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use shop_actors::events::topics;
+use shop_actors::kafka::KafkaSettings;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,9 +34,9 @@ async fn snapshot(app: &TestApp) -> Vec<(String, i64)> {
 }
 
 /// Reads every message on every topic, start to end.
-fn read_all(brokers: &str) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+fn read_all(kafka: &KafkaSettings) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     let (consumer, mut remaining) =
-        crate::helpers::read_every_topic(brokers, "redelivery-test-reader");
+        crate::helpers::read_every_topic(kafka, "redelivery-test-reader");
     let mut messages = Vec::new();
     while remaining > 0 {
         let message = consumer
@@ -52,11 +53,12 @@ fn read_all(brokers: &str) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     messages
 }
 
-/// Waits until consumer group `group` has committed the end of `topic`.
-async fn wait_caught_up(brokers: &str, group: &str, topic: &str) {
-    let brokers = brokers.to_owned();
-    let group = group.to_owned();
-    let topic = topic.to_owned();
+/// Waits until the platform's consumer group `group` has committed the
+/// end of its topic `topic`.
+async fn wait_caught_up(kafka: &KafkaSettings, group: &str, topic: &str) {
+    let brokers = kafka.brokers.clone();
+    let group = kafka.group(group);
+    let topic = kafka.topic(topic);
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
@@ -111,21 +113,21 @@ async fn redelivering_every_message_to_every_consumer_has_no_second_effect() {
         ws.statuses_until_terminal(order).await;
         app.wait_terminal(order).await;
     }
-    let brokers = app.brokers();
+    let kafka = app.kafka_settings();
     for (group, topic) in [
         ("product", topics::INVENTORY_COMMANDS),
         ("order", topics::INVENTORY_EVENTS),
         ("order", topics::PAYMENT_EVENTS),
         ("payment", topics::PAYMENT_COMMANDS),
     ] {
-        wait_caught_up(&brokers, group, topic).await;
+        wait_caught_up(&kafka, group, topic).await;
     }
     let before = snapshot(&app).await;
     let stock_before = app.stock(product).await;
     assert_eq!(stock_before, 3);
 
-    let reader_brokers = brokers.clone();
-    let history = tokio::task::spawn_blocking(move || read_all(&reader_brokers))
+    let reader = kafka.clone();
+    let history = tokio::task::spawn_blocking(move || read_all(&reader))
         .await
         .unwrap();
     assert!(
@@ -134,7 +136,7 @@ async fn redelivering_every_message_to_every_consumer_has_no_second_effect() {
         history.len()
     );
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .create()
         .unwrap();
     for (topic, key, payload) in &history {
@@ -150,7 +152,7 @@ async fn redelivering_every_message_to_every_consumer_has_no_second_effect() {
         ("order", topics::PAYMENT_EVENTS),
         ("payment", topics::PAYMENT_COMMANDS),
     ] {
-        wait_caught_up(&brokers, group, topic).await;
+        wait_caught_up(&kafka, group, topic).await;
     }
     // Give the relays a moment: a second effect would show as new rows or events.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -221,7 +221,7 @@ async fn a_client_on_either_gateway_replica_gets_every_update() {
     .await;
     let replica = spawn_app_with(Options {
         role: Service::Gateway,
-        kafka_brokers: Some(app.brokers()),
+        kafka: Some(app.kafka.clone()),
         db_name: Some(app.db_name.clone()),
         order_url: Some(app.order_url.clone()),
         ..Options::default()

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 use shop_actors::events::Envelope;
+use shop_actors::kafka::KafkaSettings;
 use shop_actors::trace::TraceParent;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -31,8 +32,8 @@ struct Read {
 }
 
 /// Every message on the saga's topics keyed by one of `orders`, by order.
-fn read_orders(brokers: &str, orders: &[Uuid]) -> HashMap<Uuid, Vec<Read>> {
-    let (consumer, mut remaining) = crate::helpers::read_every_topic(brokers, "trace-test-reader");
+fn read_orders(kafka: &KafkaSettings, orders: &[Uuid]) -> HashMap<Uuid, Vec<Read>> {
+    let (consumer, mut remaining) = crate::helpers::read_every_topic(kafka, "trace-test-reader");
     let mut found: HashMap<Uuid, Vec<Read>> = HashMap::new();
     while remaining > 0 {
         let message = consumer
@@ -65,11 +66,11 @@ fn read_orders(brokers: &str, orders: &[Uuid]) -> HashMap<Uuid, Vec<Read>> {
 }
 
 /// Waits until every order in `orders` has all its messages on Kafka.
-async fn wait_for_messages(brokers: &str, orders: &[Uuid]) -> HashMap<Uuid, Vec<Read>> {
+async fn wait_for_messages(kafka: &KafkaSettings, orders: &[Uuid]) -> HashMap<Uuid, Vec<Read>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (brokers, wanted) = (brokers.to_owned(), orders.to_vec());
-        let found = tokio::task::spawn_blocking(move || read_orders(&brokers, &wanted))
+        let (kafka, wanted) = (kafka.clone(), orders.to_vec());
+        let found = tokio::task::spawn_blocking(move || read_orders(&kafka, &wanted))
             .await
             .unwrap();
         let complete = orders
@@ -128,7 +129,7 @@ async fn the_callers_traceparent_reaches_every_message_of_the_saga() {
         assert_eq!(app.wait_terminal(order).await["status"], "CONFIRMED");
     }
 
-    let found = wait_for_messages(&app.brokers(), &[traced, untraced]).await;
+    let found = wait_for_messages(&app.kafka_settings(), &[traced, untraced]).await;
 
     let client = TraceParent::parse(CLIENT).unwrap();
     let messages = &found[&traced];

@@ -19,7 +19,7 @@ async fn the_websocket_benchmark_delivers_every_update_to_its_client() {
         out: None,
     };
     let auth = Authenticator::from_secret(JWT_SECRET.as_bytes()).unwrap();
-    let result = run(&args, &app.brokers(), &auth).await.unwrap();
+    let result = run(&args, &app.kafka_settings(), &auth).await.unwrap();
     assert_eq!(result.connections, 40);
     assert_eq!(result.failed_connections, 0);
     assert_eq!(result.published, 200);

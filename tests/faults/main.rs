@@ -189,6 +189,8 @@ fn service_env(
         ("KAFKA_BROKERS", brokers.to_owned()),
         ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("KAFKA_PARTITIONS", PARTITIONS.to_string()),
+        // `shop broker` has one node.
+        ("KAFKA_REPLICATION", "1".into()),
         ("KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
         ("DATABASE_URL", database.url.clone()),
         ("DATABASE_POOL_SIZE", "6".into()),

@@ -91,7 +91,8 @@ pub struct ConsumerArgs<H> {
     pub settings: KafkaSettings,
     /// Group membership or broadcast.
     pub subscription: Subscription,
-    /// Topics to read.
+    /// Topics to read, by their logical names (the settings' prefix is
+    /// added here).
     pub topics: Vec<&'static str>,
     /// What to do with each batch.
     pub handler: Arc<H>,
@@ -143,6 +144,7 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let topics: Vec<String> = args.topics.iter().map(|t| args.settings.topic(t)).collect();
         let (consumer, label) = match &args.subscription {
             Subscription::Group { group_id } => {
                 let mut config = args.settings.consumer_config(group_id, false);
@@ -155,14 +157,15 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
                 let consumer: Arc<StreamConsumer<ShopContext>> =
                     Arc::new(config.create_with_context(context)?);
                 if let Some(listener) = &args.rebalance {
-                    let (described, topics) = (consumer.clone(), args.topics.clone());
+                    let (described, topics) = (consumer.clone(), topics.clone());
                     // Metadata requests block: keep them off the runtime.
                     let counts =
                         tokio::task::spawn_blocking(move || partition_counts(&described, &topics))
                             .await??;
                     listener.partition_counts(&counts);
                 }
-                consumer.subscribe(&args.topics)?;
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&names)?;
                 (consumer, group_id.clone())
             }
             Subscription::Broadcast { cursor } => {
@@ -170,7 +173,7 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
                 config.set("enable.auto.commit", "false");
                 let consumer: Arc<StreamConsumer<ShopContext>> =
                     Arc::new(config.create_with_context(ShopContext::default())?);
-                let topics = args.topics.clone();
+                let topics = topics.clone();
                 let assigner = consumer.clone();
                 // Metadata and watermark requests block: keep them off the runtime.
                 let ranges =
@@ -204,6 +207,7 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
             myself,
             DeadLetters {
                 producer: args.producer,
+                topic: args.settings.topic(crate::events::topics::DEAD_LETTERS),
                 group: label,
             },
             cursor,
@@ -271,7 +275,7 @@ impl<H: EventHandler> Actor for EventConsumer<H> {
 /// How many partitions each of `topics` has.
 fn partition_counts(
     consumer: &StreamConsumer<ShopContext>,
-    topics: &[&str],
+    topics: &[String],
 ) -> rdkafka::error::KafkaResult<Vec<(String, i32)>> {
     let timeout = Duration::from_secs(10);
     let mut counts = Vec::with_capacity(topics.len());
@@ -282,10 +286,7 @@ fn partition_counts(
             .iter()
             .map(|t| t.partitions().len())
             .sum::<usize>();
-        counts.push((
-            (*topic).to_owned(),
-            i32::try_from(count).unwrap_or(i32::MAX),
-        ));
+        counts.push((topic.clone(), i32::try_from(count).unwrap_or(i32::MAX)));
     }
     Ok(counts)
 }
@@ -311,6 +312,8 @@ struct Item {
 struct DeadLetters {
     /// The process's shared producer.
     producer: FutureProducer,
+    /// The dead-letter topic's name on the broker.
+    topic: String,
     /// The consumer group, or `broadcast`, for logs and the dead letter's headers.
     group: String,
 }
@@ -520,6 +523,7 @@ async fn dead_letter(
             _ = stop.changed() => return Err(Stopped),
             sent = dead_letters::send(
                 &dead_letters.producer,
+                &dead_letters.topic,
                 message.key.as_deref(),
                 message.payload.as_deref(),
                 &failure,
@@ -642,6 +646,7 @@ mod tests {
         let settings = KafkaSettings::new(cluster.bootstrap_servers());
         DeadLetters {
             producer: settings.producer().unwrap(),
+            topic: topics::DEAD_LETTERS.into(),
             group: "product".into(),
         }
     }

@@ -42,7 +42,7 @@ pub trait BroadcastCursor: Send + Sync + std::fmt::Debug + 'static {
 /// runtime's workers.
 pub(crate) fn partition_ranges<C: rdkafka::consumer::ConsumerContext>(
     consumer: &StreamConsumer<C>,
-    topics: &[&str],
+    topics: &[String],
 ) -> rdkafka::error::KafkaResult<Vec<PartitionRange>> {
     let timeout = Duration::from_secs(10);
     let mut ranges = Vec::new();
@@ -51,7 +51,7 @@ pub(crate) fn partition_ranges<C: rdkafka::consumer::ConsumerContext>(
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
             let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
             ranges.push(PartitionRange {
-                topic: (*topic).to_owned(),
+                topic: topic.clone(),
                 partition: partition.id(),
                 low,
                 high,

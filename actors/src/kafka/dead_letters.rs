@@ -71,10 +71,9 @@ pub enum DeadLetterError {
     Kafka(#[from] KafkaError),
     /// The broker has no dead-letter topic (or it has no partitions).
     #[error(
-        "topic `{}` not found; is this the platform's broker?",
-        topics::DEAD_LETTERS
+        "topic `{0}` not found; is this the platform's broker (and KAFKA_TOPIC_PREFIX its prefix)?"
     )]
-    NoTopic,
+    NoTopic(String),
     /// An operation did not finish in time.
     #[error("timed out {0}")]
     Timeout(&'static str),
@@ -156,18 +155,18 @@ impl Failure {
     }
 }
 
-/// Produces `key` and `payload`, unchanged, to the dead-letter topic with
-/// `failure` as headers. Returns the dead letter's partition and offset once
+/// Produces `key` and `payload`, unchanged, to the dead-letter topic
+/// (`topic`, its name on the broker) with `failure` as headers. Returns the dead letter's partition and offset once
 /// Kafka has acknowledged it. Keyed like the original, so one order's dead
 /// letters stay in order too.
 pub async fn send(
     producer: &FutureProducer,
+    topic: &str,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
     failure: &Failure,
 ) -> Result<(i32, i64), DeadLetterError> {
-    let mut record =
-        FutureRecord::<[u8], [u8]>::to(topics::DEAD_LETTERS).headers(failure.headers());
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(failure.headers());
     if let Some(key) = key {
         record = record.key(key);
     }
@@ -274,11 +273,11 @@ impl DeadLetter {
     }
 
     /// Where replay would send it: its source topic, unless that is missing
-    /// or the dead-letter topic itself (which would only loop).
-    fn replay_topic(&self) -> Option<&str> {
+    /// or the dead-letter topic itself (`dead_letters`; that would only loop).
+    fn replay_topic(&self, dead_letters: &str) -> Option<&str> {
         self.source_topic
             .as_deref()
-            .filter(|topic| !topic.is_empty() && *topic != topics::DEAD_LETTERS)
+            .filter(|topic| !topic.is_empty() && *topic != dead_letters)
     }
 }
 
@@ -485,10 +484,11 @@ async fn replay_with(
         .iter()
         .filter(|letter| !progress.is_replayed(letter) && selection.matches(letter))
         .collect();
+    let dead_letters = consumer.context().topic.as_str();
     if let Selection::One { partition, offset } = *selection {
         match selected.first() {
             None => return Err(DeadLetterError::NotPending { partition, offset }),
-            Some(letter) if letter.replay_topic().is_none() => {
+            Some(letter) if letter.replay_topic(dead_letters).is_none() => {
                 return Err(DeadLetterError::NoSource { partition, offset })
             }
             Some(_) => {}
@@ -500,7 +500,7 @@ async fn replay_with(
     let producer = settings.producer()?;
     let mut replayed = Vec::new();
     for letter in selected {
-        let Some(topic) = letter.replay_topic() else {
+        let Some(topic) = letter.replay_topic(dead_letters) else {
             tracing::warn!(
                 partition = letter.partition,
                 offset = letter.offset,
@@ -539,11 +539,12 @@ async fn replay_with(
         blocking({
             let consumer = consumer.clone();
             move || {
+                let topic = consumer.context().topic.as_str();
                 let mut offsets = TopicPartitionList::new();
                 offsets
-                    .add_partition(topics::DEAD_LETTERS, partition)
+                    .add_partition(topic, partition)
                     .set_offset(Offset::Offset(next))?;
-                if let Some(mut element) = offsets.find_partition(topics::DEAD_LETTERS, partition) {
+                if let Some(mut element) = offsets.find_partition(topic, partition) {
                     element.set_metadata(metadata);
                 }
                 Ok(consumer.commit(&offsets, CommitMode::Sync)?)
@@ -569,10 +570,14 @@ struct Snapshot {
 /// The consumer [`reader`] builds.
 type Reader = BaseConsumer<ReaderContext>;
 
-/// librdkafka context of a [`Reader`]. A read knows it has reached the end
-/// of a partition by librdkafka's end-of-partition event, which librdkafka
-/// also reports as a client error: that one is not worth an error line.
-struct ReaderContext;
+/// librdkafka context of a [`Reader`], carrying the name on the broker of
+/// the dead-letter topic it reads. A read knows it has reached the end of a
+/// partition by librdkafka's end-of-partition event, which librdkafka also
+/// reports as a client error: that one is not worth an error line.
+struct ReaderContext {
+    /// The dead-letter topic's name on the broker.
+    topic: String,
+}
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -592,13 +597,15 @@ impl ConsumerContext for ReaderContext {}
 fn reader(settings: &KafkaSettings) -> Result<Reader, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", REPLAY_GROUP)
+        .set("group.id", settings.group(REPLAY_GROUP))
         .set("client.id", "shop-dlq")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create_with_context(ReaderContext)
+        .create_with_context(ReaderContext {
+            topic: settings.topic(topics::DEAD_LETTERS),
+        })
 }
 
 /// Runs blocking librdkafka calls off the async runtime's workers.
@@ -615,20 +622,20 @@ async fn close(consumer: Arc<Reader>) {
 
 /// Each partition of the dead-letter topic with its low and high watermarks.
 fn partitions(consumer: &Reader) -> Result<Vec<(i32, i64, i64)>, DeadLetterError> {
-    let metadata = consumer.fetch_metadata(Some(topics::DEAD_LETTERS), REQUEST_TIMEOUT)?;
+    let topic = consumer.context().topic.as_str();
+    let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
     let ids: Vec<i32> = metadata
         .topics()
         .iter()
-        .filter(|topic| topic.name() == topics::DEAD_LETTERS && topic.error().is_none())
-        .flat_map(|topic| topic.partitions().iter().map(|p| p.id()))
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if ids.is_empty() {
-        return Err(DeadLetterError::NoTopic);
+        return Err(DeadLetterError::NoTopic(topic.to_owned()));
     }
     ids.into_iter()
         .map(|id| {
-            let (low, high) =
-                consumer.fetch_watermarks(topics::DEAD_LETTERS, id, REQUEST_TIMEOUT)?;
+            let (low, high) = consumer.fetch_watermarks(topic, id, REQUEST_TIMEOUT)?;
             Ok((id, low, high))
         })
         .collect()
@@ -641,7 +648,7 @@ fn committed(
 ) -> Result<ReplayProgress, DeadLetterError> {
     let mut wanted = TopicPartitionList::new();
     for &(id, _, _) in partitions {
-        wanted.add_partition(topics::DEAD_LETTERS, id);
+        wanted.add_partition(&consumer.context().topic, id);
     }
     let commits = consumer.committed_offsets(wanted, REQUEST_TIMEOUT)?;
     let mut progress = ReplayProgress::default();
@@ -682,7 +689,11 @@ fn read(consumer: &Reader, from_committed: bool) -> Result<Snapshot, DeadLetterE
             .map_or(low, |done| done.next.max(low));
         ends.insert(id, high);
         if start < high {
-            assignment.add_partition_offset(topics::DEAD_LETTERS, id, Offset::Offset(start))?;
+            assignment.add_partition_offset(
+                &consumer.context().topic,
+                id,
+                Offset::Offset(start),
+            )?;
             open.insert(id, high);
         }
     }
@@ -802,7 +813,7 @@ mod tests {
         assert_eq!(letter.failed_at, None);
         assert_eq!(letter.group, None);
         assert_eq!(letter.error, None);
-        assert_eq!(letter.replay_topic(), None);
+        assert_eq!(letter.replay_topic(topics::DEAD_LETTERS), None);
         assert!(letter.payload.is_empty());
     }
 
@@ -820,7 +831,7 @@ mod tests {
     fn a_dead_letter_never_replays_into_the_dead_letter_topic() {
         let headers = [(HEADER_SOURCE_TOPIC, Some(topics::DEAD_LETTERS.as_bytes()))];
         let letter = DeadLetter::parse(0, 0, None, None, headers);
-        assert_eq!(letter.replay_topic(), None);
+        assert_eq!(letter.replay_topic(topics::DEAD_LETTERS), None);
     }
 
     #[test]
@@ -931,33 +942,41 @@ mod tests {
     #[tokio::test]
     async fn replay_sends_each_dead_letter_once_whatever_the_selection() {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        // A prefix, as when several platforms share a cluster: everything
+        // here must find the prefixed topics and group.
+        let mut settings = KafkaSettings::new(&brokers);
+        settings.topic_prefix = "staging.".into();
         for topic in [
             topics::DEAD_LETTERS,
             topics::INVENTORY_COMMANDS,
             topics::PAYMENT_COMMANDS,
         ] {
-            cluster.create_topic(topic, 2, 1).unwrap();
+            cluster.create_topic(&settings.topic(topic), 2, 1).unwrap();
         }
-        let brokers = cluster.bootstrap_servers();
-        let settings = KafkaSettings::new(&brokers);
         let producer = settings.producer().unwrap();
+        let (inventory_topic, payment_topic) = (
+            settings.topic(topics::INVENTORY_COMMANDS),
+            settings.topic(topics::PAYMENT_COMMANDS),
+        );
         // Five dead letters on one key (one partition), from two topics.
         let sources = [
-            topics::INVENTORY_COMMANDS,
-            topics::PAYMENT_COMMANDS,
-            topics::INVENTORY_COMMANDS,
-            topics::PAYMENT_COMMANDS,
-            topics::INVENTORY_COMMANDS,
+            &inventory_topic,
+            &payment_topic,
+            &inventory_topic,
+            &payment_topic,
+            &inventory_topic,
         ];
         for (i, source) in sources.iter().enumerate() {
             let failure = Failure {
-                source_topic: (*source).into(),
+                source_topic: (*source).clone(),
                 source_offset: i as i64,
                 ..failure()
             };
             let payload = format!("message {i}");
             send(
                 &producer,
+                &settings.topic(topics::DEAD_LETTERS),
                 Some(b"order-1"),
                 Some(payload.as_bytes()),
                 &failure,
@@ -969,12 +988,9 @@ mod tests {
         assert_eq!(letters.len(), 5);
         let partition = letters[0].partition;
 
-        let payments = replay(
-            &settings,
-            &Selection::SourceTopic(topics::PAYMENT_COMMANDS.into()),
-        )
-        .await
-        .unwrap();
+        let payments = replay(&settings, &Selection::SourceTopic(payment_topic.clone()))
+            .await
+            .unwrap();
         assert_eq!(payments.len(), 2);
         let progress = progress(&settings).await.unwrap();
         let replayed: Vec<bool> = letters.iter().map(|l| progress.is_replayed(l)).collect();
@@ -999,8 +1015,8 @@ mod tests {
 
         let (inventory, payment) = tokio::task::spawn_blocking(move || {
             (
-                messages_on(&brokers, topics::INVENTORY_COMMANDS),
-                messages_on(&brokers, topics::PAYMENT_COMMANDS),
+                messages_on(&brokers, &inventory_topic),
+                messages_on(&brokers, &payment_topic),
             )
         })
         .await

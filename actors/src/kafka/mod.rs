@@ -11,6 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use std::time::Duration;
@@ -28,6 +29,68 @@ const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 /// Default of [`KafkaSettings::fetch_wait`], in milliseconds.
 pub const DEFAULT_FETCH_WAIT_MS: u64 = 10;
 
+/// Default replication factor of the topics the platform creates: a
+/// 3-broker cluster, which survives one broker down with
+/// [`DEFAULT_MIN_INSYNC_REPLICAS`] still in sync.
+pub const DEFAULT_REPLICATION: i32 = 3;
+
+/// Default `min.insync.replicas` of the topics the platform creates (never
+/// above their replication factor): with `acks=all`, a message counts as
+/// sent only once two brokers have it, so losing one loses nothing.
+pub const DEFAULT_MIN_INSYNC_REPLICAS: i32 = 2;
+
+/// Default retention of the dead-letter topic: 30 days, time for an
+/// operator to find the cause and replay. The other topics keep the
+/// broker's default (7 days on Apache Kafka), far longer than any saga.
+pub const DEFAULT_DEAD_LETTER_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Why the platform's topics could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The client or broker failed.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// The topic settings contradict each other.
+    #[error("{0}")]
+    Settings(String),
+    /// The cluster has fewer brokers than the replication factor asks for.
+    #[error(
+        "KAFKA_REPLICATION is {replication} but the cluster has {brokers} broker(s); \
+         set KAFKA_REPLICATION to at most {brokers} (a single-node Kafka needs KAFKA_REPLICATION=1)"
+    )]
+    TooFewBrokers {
+        /// The configured replication factor.
+        replication: i32,
+        /// Brokers the cluster reported.
+        brokers: usize,
+    },
+    /// A topic exists with less than the platform is configured for.
+    #[error(
+        "topic `{topic}` exists with {found} {what} but {setting} is {wanted}; \
+         set {setting} to {found} or less, or give the topic more {what} with Kafka's own tools"
+    )]
+    TooSmall {
+        /// The topic's name on the broker.
+        topic: String,
+        /// `partitions` or `replicas`.
+        what: &'static str,
+        /// What the topic has.
+        found: i32,
+        /// What the settings ask for.
+        wanted: i32,
+        /// The environment variable that asks for it.
+        setting: &'static str,
+    },
+    /// The broker refused to create a topic.
+    #[error("could not create topic `{topic}`: {code}")]
+    Create {
+        /// The topic's name on the broker.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+}
+
 /// How to reach Kafka and how topics are laid out.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -35,8 +98,17 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Partitions per topic when the platform creates its topics.
     pub partitions: i32,
-    /// Replication factor when the platform creates its topics.
+    /// Replication factor when the platform creates its topics; existing
+    /// topics must have at least this many replicas.
     pub replication: i32,
+    /// `min.insync.replicas` of the topics the platform creates.
+    pub min_insync_replicas: i32,
+    /// `retention.ms` of the dead-letter topic when the platform creates
+    /// it (`-1`: keep forever).
+    pub dead_letter_retention_ms: i64,
+    /// Put before every topic name and consumer-group id, so that several
+    /// platforms (test runs, environments) share one cluster; empty for none.
+    pub topic_prefix: String,
     /// How long a consumer that vanished without leaving keeps its partitions.
     pub session_timeout: Duration,
     /// How long the broker may hold a fetch that finds no new message
@@ -49,15 +121,29 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
-    /// Settings for `brokers` with single-node defaults.
+    /// Settings for `brokers` with single-node defaults and no prefix.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             partitions: 6,
             replication: 1,
+            min_insync_replicas: 1,
+            dead_letter_retention_ms: DEFAULT_DEAD_LETTER_RETENTION_MS,
+            topic_prefix: String::new(),
             session_timeout: Duration::from_secs(10),
             fetch_wait: Duration::from_millis(DEFAULT_FETCH_WAIT_MS),
         }
+    }
+
+    /// The name on the broker of the platform's topic `name` (one of
+    /// [`crate::events::topics`]).
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+
+    /// The id on the broker of the platform's consumer group `id`.
+    pub fn group(&self, id: &str) -> String {
+        format!("{}{id}", self.topic_prefix)
     }
 
     /// A producer that never duplicates or reorders a partition's messages
@@ -86,7 +172,7 @@ impl KafkaSettings {
         config
             .set("bootstrap.servers", &self.brokers)
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
-            .set("group.id", group_id)
+            .set("group.id", self.group(group_id))
             .set("client.id", "shop")
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "500")
@@ -117,6 +203,7 @@ impl KafkaSettings {
     /// letter, so the figure counts replayed ones too.
     pub fn watch_dead_letter_topic(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let brokers = self.brokers.clone();
+        let topic = self.topic(crate::events::topics::DEAD_LETTERS);
         tokio::spawn(async move {
             let client: Result<rdkafka::consumer::BaseConsumer, _> = ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
@@ -127,17 +214,16 @@ impl KafkaSettings {
             let mut ticks = tokio::time::interval(every);
             loop {
                 ticks.tick().await;
-                let client = client.clone();
+                let (client, topic) = (client.clone(), topic.clone());
                 // Metadata and watermark requests block: keep them off the runtime.
                 let size = tokio::task::spawn_blocking(move || {
                     use rdkafka::consumer::Consumer;
                     let timeout = Duration::from_secs(5);
-                    let topic = crate::events::topics::DEAD_LETTERS;
-                    let metadata = client.fetch_metadata(Some(topic), timeout).ok()?;
+                    let metadata = client.fetch_metadata(Some(&topic), timeout).ok()?;
                     let mut size = 0;
                     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
                         let (low, high) = client
-                            .fetch_watermarks(topic, partition.id(), timeout)
+                            .fetch_watermarks(&topic, partition.id(), timeout)
                             .ok()?;
                         size += high - low;
                     }
@@ -153,46 +239,52 @@ impl KafkaSettings {
         })
     }
 
-    /// Creates the platform's topics if they do not exist yet.
-    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
+    /// Creates the platform's topics (logical names, see [`Self::topic`])
+    /// that do not exist yet, with [`Self::partitions`],
+    /// [`Self::replication`] and `min.insync.replicas`, and checks that
+    /// those that exist have at least as many partitions and replicas.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), TopicError> {
+        if self.min_insync_replicas < 1 || self.min_insync_replicas > self.replication {
+            return Err(TopicError::Settings(format!(
+                "KAFKA_MIN_INSYNC_REPLICAS is {} but must be between 1 and KAFKA_REPLICATION ({})",
+                self.min_insync_replicas, self.replication
+            )));
+        }
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()?;
         let admin = std::sync::Arc::new(admin);
         // Ask first: most starts find every topic there, and some brokers
         // (librdkafka's mock among them) do not implement CreateTopics.
-        let existing = {
+        let metadata = {
             let admin = admin.clone();
             tokio::task::spawn_blocking(move || {
-                admin
-                    .inner()
-                    .fetch_metadata(None, Duration::from_secs(10))
-                    .map(|m| {
-                        m.topics()
-                            .iter()
-                            .map(|t| t.name().to_owned())
-                            .collect::<Vec<_>>()
-                    })
+                admin.inner().fetch_metadata(None, Duration::from_secs(10))
             })
             .await
             .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::Fail))??
         };
-        let missing: Vec<&str> = topics
-            .iter()
-            .copied()
-            .filter(|t| !existing.iter().any(|e| e == t))
-            .collect();
+        let missing = self.missing_topics(topics, &metadata)?;
         if missing.is_empty() {
             return Ok(());
         }
+        let min_insync = self.min_insync_replicas.to_string();
+        let dead_letter_retention = self.dead_letter_retention_ms.to_string();
+        let dead_letters = self.topic(crate::events::topics::DEAD_LETTERS);
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
-                NewTopic::new(
+                let topic = NewTopic::new(
                     name,
                     self.partitions,
                     TopicReplication::Fixed(self.replication),
                 )
+                .set("min.insync.replicas", &min_insync);
+                if *name == dead_letters {
+                    topic.set("retention.ms", &dead_letter_retention)
+                } else {
+                    topic
+                }
             })
             .collect();
         let options = AdminOptions::new()
@@ -206,15 +298,76 @@ impl KafkaSettings {
         .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut))??;
         for result in results {
             match result {
-                Ok(topic) => tracing::info!(%topic, partitions = self.partitions, "created topic"),
+                Ok(topic) => tracing::info!(
+                    %topic,
+                    partitions = self.partitions,
+                    replication = self.replication,
+                    min_insync_replicas = self.min_insync_replicas,
+                    "created topic"
+                ),
+                // Another process of the platform created it meanwhile.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    tracing::error!(%topic, %code, "could not create topic");
-                    return Err(KafkaError::AdminOp(code));
-                }
+                Err((topic, code)) => return Err(TopicError::Create { topic, code }),
             }
         }
         Ok(())
+    }
+
+    /// The names on the broker of those of `topics` (logical names) to
+    /// create, given the cluster's `metadata`; an error if an existing one
+    /// is smaller than configured or the cluster cannot hold the replicas.
+    fn missing_topics(
+        &self,
+        topics: &[&str],
+        metadata: &Metadata,
+    ) -> Result<Vec<String>, TopicError> {
+        let mut missing = Vec::new();
+        for name in topics {
+            let name = self.topic(name);
+            let Some(existing) = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            else {
+                missing.push(name);
+                continue;
+            };
+            let partitions = i32::try_from(existing.partitions().len()).unwrap_or(i32::MAX);
+            if partitions < self.partitions {
+                return Err(TopicError::TooSmall {
+                    topic: name,
+                    what: "partitions",
+                    found: partitions,
+                    wanted: self.partitions,
+                    setting: "KAFKA_PARTITIONS",
+                });
+            }
+            // The replica list is the assignment, whether or not each
+            // replica is in sync right now (a broker may be restarting).
+            let replicas = existing
+                .partitions()
+                .iter()
+                .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
+                .min()
+                .unwrap_or(0);
+            if replicas < self.replication {
+                return Err(TopicError::TooSmall {
+                    topic: name,
+                    what: "replicas",
+                    found: replicas,
+                    wanted: self.replication,
+                    setting: "KAFKA_REPLICATION",
+                });
+            }
+        }
+        let brokers = metadata.brokers().len();
+        if !missing.is_empty() && usize::try_from(self.replication).unwrap_or(0) > brokers {
+            return Err(TopicError::TooFewBrokers {
+                replication: self.replication,
+                brokers,
+            });
+        }
+        Ok(missing)
     }
 }
 
@@ -241,8 +394,8 @@ enum BrokerCommand {
 
 impl EmbeddedBroker {
     /// Starts a one-broker cluster with `topics` created at `partitions` each.
-    pub fn start(topics: &[&str], partitions: i32) -> Result<Self, KafkaError> {
-        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    pub fn start(topics: &[impl AsRef<str>], partitions: i32) -> Result<Self, KafkaError> {
+        let topics: Vec<String> = topics.iter().map(|t| t.as_ref().to_owned()).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<BrokerCommand>();
         let thread = std::thread::Builder::new()
@@ -327,6 +480,96 @@ impl Drop for EmbeddedBroker {
 mod tests {
     use super::*;
     use rdkafka::producer::FutureRecord;
+
+    /// Settings for `cluster` asking for `partitions` × `replication`.
+    fn asking(
+        cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        partitions: i32,
+        replication: i32,
+    ) -> KafkaSettings {
+        let mut settings = KafkaSettings::new(cluster.bootstrap_servers());
+        settings.partitions = partitions;
+        settings.replication = replication;
+        settings.min_insync_replicas = replication.min(2);
+        settings.topic_prefix = "env1.".into();
+        settings
+    }
+
+    #[tokio::test]
+    async fn existing_topics_smaller_than_configured_are_refused_at_start() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("env1.order-events", 2, 1).unwrap();
+        let too_few_partitions = asking(&cluster, 6, 1)
+            .ensure_topics(&["order-events"])
+            .await;
+        assert!(
+            matches!(
+                &too_few_partitions,
+                Err(TopicError::TooSmall { topic, what: "partitions", found: 2, wanted: 6, .. })
+                    if topic == "env1.order-events"
+            ),
+            "{too_few_partitions:?}"
+        );
+        let too_few_replicas = asking(&cluster, 2, 3)
+            .ensure_topics(&["order-events"])
+            .await;
+        assert!(
+            matches!(
+                &too_few_replicas,
+                Err(TopicError::TooSmall {
+                    what: "replicas",
+                    found: 1,
+                    wanted: 3,
+                    ..
+                })
+            ),
+            "{too_few_replicas:?}"
+        );
+        // As many as configured, or more, is fine; so is the same name
+        // without this platform's prefix, which is someone else's.
+        assert!(asking(&cluster, 1, 1)
+            .ensure_topics(&["order-events"])
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_replication_factor_the_cluster_cannot_hold_is_refused_clearly() {
+        let cluster = MockCluster::new(1).unwrap();
+        let result = asking(&cluster, 2, 3)
+            .ensure_topics(&["order-events"])
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(TopicError::TooFewBrokers {
+                    replication: 3,
+                    brokers: 1
+                })
+            ),
+            "{result:?}"
+        );
+        let mut contradictory = asking(&cluster, 2, 1);
+        contradictory.min_insync_replicas = 2;
+        assert!(matches!(
+            contradictory.ensure_topics(&["order-events"]).await,
+            Err(TopicError::Settings(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn topics_replicated_as_configured_pass_on_a_three_broker_cluster() {
+        let cluster = MockCluster::new(3).unwrap();
+        for topic in crate::events::topics::ALL {
+            cluster
+                .create_topic(&format!("env1.{topic}"), 6, 3)
+                .unwrap();
+        }
+        asking(&cluster, 6, 3)
+            .ensure_topics(&crate::events::topics::ALL)
+            .await
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn the_dead_letter_size_metric_counts_the_topic() {

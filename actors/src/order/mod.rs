@@ -338,7 +338,9 @@ pub async fn start(infra: &Infra, config: &OrderConfig) -> Result<OrderService, 
     .await?;
     let outbox = service::start_relay(supervisor, infra, "orders").await?;
     // Replies of an order share its partition number on both topics.
-    let placement = Arc::new(placement::Placement::new(topics::INVENTORY_EVENTS));
+    let placement = Arc::new(placement::Placement::new(
+        infra.kafka.topic(topics::INVENTORY_EVENTS),
+    ));
     let (sagas, _) = Actor::spawn_linked(
         None,
         sagas::SagaSupervisor,

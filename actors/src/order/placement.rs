@@ -37,8 +37,8 @@ pub fn partition_of(order_id: Uuid, partitions: i32) -> i32 {
 /// What this process owns; shared by the consumer (which updates it from
 /// inside librdkafka's rebalance callbacks) and the saga supervisor.
 pub struct Placement {
-    /// The topic whose assignment decides ownership.
-    topic: &'static str,
+    /// The topic whose assignment decides ownership (its name on the broker).
+    topic: String,
     owned: RwLock<Owned>,
     /// Told when ownership changes; set once the supervisor exists.
     sagas: OnceLock<ActorRef<SagasMsg>>,
@@ -55,8 +55,8 @@ struct Owned {
 /// What [`Placement::snapshot`] returns.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Ownership {
-    /// The topic whose assignment decides ownership.
-    pub topic: &'static str,
+    /// The topic whose assignment decides ownership (its name on the broker).
+    pub topic: String,
     /// Its partition count (0: not known yet).
     pub partitions: i32,
     /// The partitions this process owns.
@@ -66,9 +66,9 @@ pub struct Ownership {
 impl Placement {
     /// Ownership decided by the assignment of `topic`; nothing is owned
     /// until the group assigns partitions.
-    pub fn new(topic: &'static str) -> Self {
+    pub fn new(topic: impl Into<String>) -> Self {
         Self {
-            topic,
+            topic: topic.into(),
             owned: RwLock::new(Owned::default()),
             sagas: OnceLock::new(),
         }
@@ -92,7 +92,7 @@ impl Placement {
     pub fn snapshot(&self) -> Ownership {
         let owned = self.read();
         Ownership {
-            topic: self.topic,
+            topic: self.topic.clone(),
             partitions: owned.partitions,
             owned: owned.assigned.iter().copied().collect(),
         }
@@ -111,7 +111,7 @@ impl Placement {
     fn mine(&self, partitions: &[TopicPartition]) -> Vec<i32> {
         partitions
             .iter()
-            .filter(|(topic, _)| topic == self.topic)
+            .filter(|(topic, _)| *topic == self.topic)
             .map(|(_, partition)| *partition)
             .collect()
     }
@@ -125,7 +125,7 @@ impl Placement {
 
 impl RebalanceListener for Placement {
     fn partition_counts(&self, counts: &[TopicPartition]) {
-        if let Some((_, count)) = counts.iter().find(|(topic, _)| topic == self.topic) {
+        if let Some((_, count)) = counts.iter().find(|(topic, _)| *topic == self.topic) {
             self.write().partitions = *count;
         }
     }
