@@ -5,9 +5,10 @@
 #
 #   scripts/kafka.sh start [--nodes 1|3]   format and start; prints the bootstrap servers last
 #   scripts/kafka.sh stop [--keep]         stop the nodes this script started; --keep keeps their data
-#   scripts/kafka.sh kill N                SIGKILL node N (a crash)
+#   scripts/kafka.sh kill N...             SIGKILL nodes N... (a crash)
 #   scripts/kafka.sh stop-node N           SIGTERM node N and wait for it to exit (a clean stop)
-#   scripts/kafka.sh restart N             start node N again on its data and wait until it is ready
+#   scripts/kafka.sh restart N...          start nodes N... again on their data and wait until
+#                                          they are ready (together: a node alone has no quorum)
 #   scripts/kafka.sh status                each node: pid, alive or not, ports (exit 1 if one is down)
 #   scripts/kafka.sh bootstrap             print the bootstrap servers
 #
@@ -255,15 +256,24 @@ cmd_status() {
 case ${1:-} in
   start) shift && cmd_start "$@" ;;
   stop) shift && cmd_stop "$@" ;;
-  kill) node_arg "${2:-}" && stop_one "$2" KILL ;;
+  kill)
+    shift
+    (($#)) || die "kill which node?"
+    for n in "$@"; do node_arg "$n"; done
+    for n in "$@"; do stop_one "$n" KILL; done
+    ;;
   stop-node) node_arg "${2:-}" && stop_one "$2" TERM ;;
   restart)
-    node_arg "${2:-}"
-    alive "$2" && die "node $2 is running"
+    shift
+    (($#)) || die "restart which node?"
+    for n in "$@"; do
+      node_arg "$n"
+      ! alive "$n" || die "node $n is running"
+    done
     fetch_jars
-    launch "$2" "$(nodes)"
-    wait_ready "$2" "$(nodes)"
-    say "node $2 ready"
+    for n in "$@"; do launch "$n" "$(nodes)"; done
+    for n in "$@"; do wait_ready "$n" "$(nodes)"; done
+    say "node(s) $* ready"
     ;;
   status) cmd_status ;;
   bootstrap)

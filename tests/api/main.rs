@@ -1,6 +1,8 @@
 //! Integration tests: the whole platform in-process, against real Postgres,
-//! real Redis and the embedded Kafka-protocol broker. Each test gets its
-//! own database, Redis key prefix and broker, so tests run in parallel.
+//! real Redis and the embedded Kafka-protocol broker, or Apache Kafka when
+//! `TEST_KAFKA_BROKERS` names one (`scripts/kafka.sh start`). Each test gets
+//! its own database, Redis key prefix, and broker or topic and group prefix
+//! on the shared one, so tests run in parallel.
 
 #![allow(clippy::unwrap_used)]
 

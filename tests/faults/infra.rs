@@ -1,88 +1,216 @@
-//! What the services stand on, as processes of their own: the `shop broker`
-//! (taken down and up through its stdin) and a private `redis-server` (so
-//! stopping it hurts no other test).
+//! What the services stand on, as processes of their own: a 3-node Apache
+//! Kafka cluster (KRaft), run by `scripts/kafka.sh` with its data and logs
+//! in the run's log folder, and a private `redis-server` (so stopping it
+//! hurts no other test).
 
-use crate::processes::{free_port, LogDir, Proc, Recipe, ShopBinary, READY_TIMEOUT};
+use crate::processes::{free_port, LogDir, Proc, Recipe, READY_TIMEOUT};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::ChildStdin;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-/// The `shop broker` process, with its stdin kept to send `down` / `up`.
-pub struct Broker {
-    proc: Proc,
-    stdin: Option<ChildStdin>,
-    /// `host:port` printed by the broker.
+/// Brokers in the cluster; node `N` (1-based) has broker id `N`.
+pub const NODES: i32 = 3;
+
+/// The Apache Kafka cluster, driven through `scripts/kafka.sh`.
+pub struct Cluster {
+    /// The script, at the repository's top.
+    script: PathBuf,
+    /// `SHOP_KAFKA_DIR` of the script: the nodes' data, logs and pid files.
+    state: PathBuf,
+    /// Bootstrap servers, `host:port,...`.
     pub address: String,
 }
 
-impl Broker {
-    /// Starts `shop broker` with `partitions` per topic and reads its address.
-    pub async fn start(logs: &LogDir, shop: &ShopBinary, partitions: i32) -> Self {
-        let mut env = BTreeMap::new();
-        env.insert("KAFKA_PARTITIONS".into(), partitions.to_string());
-        env.insert("LOG_FORMAT".into(), "json".into());
-        let recipe = Recipe {
-            program: shop.program(),
-            args: vec!["broker".into()],
-            env,
+impl Cluster {
+    /// Formats and starts [`NODES`] nodes and waits until each is ready.
+    pub async fn start(logs: &LogDir) -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let state = logs.path().join("kafka");
+        let mut cluster = Self {
+            script,
+            state,
+            address: String::new(),
         };
-        let mut proc = Proc::new("broker", recipe, logs);
-        let mut command = proc.command();
-        command.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = command.spawn().expect("spawn shop broker");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("broker stdout");
-        proc.child = Some(child);
-        let mut lines = BufReader::new(stdout).lines();
-        let mut log = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(&proc.log_path)
+        let printed = cluster
+            .run(&["start", "--nodes", &NODES.to_string()])
             .await
-            .expect("open the broker log");
-        // The address is the first line that parses as one; copy everything.
-        let address = tokio::time::timeout(READY_TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-                if line.trim().parse::<std::net::SocketAddr>().is_ok() {
-                    return Some(line.trim().to_owned());
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("shop broker printed no address:\n{}", proc.log_tail(20)));
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-            }
-        });
-        Self {
-            proc,
-            stdin,
-            address,
+            .unwrap_or_else(|e| panic!("scripts/kafka.sh start: {e}"));
+        cluster.address = printed.lines().last().unwrap_or_default().trim().to_owned();
+        assert!(
+            !cluster.address.is_empty(),
+            "scripts/kafka.sh printed no bootstrap servers"
+        );
+        cluster
+    }
+
+    /// Runs the script with `args`; its stdout, or why it failed.
+    async fn run(&self, args: &[&str]) -> Result<String, String> {
+        let output = tokio::process::Command::new("bash")
+            .arg(&self.script)
+            .args(args)
+            .env("SHOP_KAFKA_DIR", &self.state)
+            .output()
+            .await
+            .map_err(|e| format!("running {}: {e}", self.script.display()))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{args:?} exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ))
         }
     }
 
-    /// Sends one control line (`down` or `up`).
-    pub async fn control(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("broker stdin");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
+    /// SIGKILL of `nodes`: a crash, nothing flushed.
+    pub async fn kill(&self, nodes: &[i32]) {
+        let args = node_args("kill", nodes);
+        self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .await
-            .expect("write to the broker's stdin");
-        stdin.flush().await.expect("flush the broker's stdin");
+            .unwrap_or_else(|e| panic!("killing brokers {nodes:?}: {e}"));
     }
 
-    /// Panics (with its log) if the broker process has died: its data
-    /// lives only in its memory, so there is nothing to restart.
-    pub fn assert_alive(&mut self) {
-        self.proc.assert_alive("the suite was running");
+    /// A clean stop of node `node` (SIGTERM; it hands over its leaders).
+    pub async fn stop_node(&self, node: i32) {
+        self.run(&["stop-node", &node.to_string()])
+            .await
+            .unwrap_or_else(|e| panic!("stopping broker {node}: {e}"));
     }
+
+    /// Starts `nodes` again on their data and waits until they are ready.
+    pub async fn restart(&self, nodes: &[i32]) {
+        let args = node_args("restart", nodes);
+        self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|e| panic!("restarting brokers {nodes:?}: {e}"));
+    }
+
+    /// Every node.
+    pub fn all() -> Vec<i32> {
+        (1..=NODES).collect()
+    }
+
+    /// A client for metadata requests.
+    fn client(&self) -> Result<BaseConsumer, String> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .create()
+            .map_err(|e| format!("kafka client: {e}"))
+    }
+
+    /// Every partition of every topic (the platform's and Kafka's own)
+    /// with its leader, replicas and in-sync replicas.
+    async fn partitions(&self) -> Result<Vec<PartitionState>, String> {
+        let client = self.client()?;
+        tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map_err(|e| format!("metadata: {e}"))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .flat_map(|topic| {
+                    topic.partitions().iter().map(|p| PartitionState {
+                        topic: topic.name().to_owned(),
+                        leader: p.leader(),
+                        replicas: p.replicas().len(),
+                        in_sync: p.isr().len(),
+                    })
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| format!("metadata task: {e}"))?
+    }
+
+    /// The node that leads the most partitions of the platform's topics,
+    /// and how many it leads.
+    pub async fn busiest_leader(&self) -> (i32, usize) {
+        let partitions = self
+            .partitions()
+            .await
+            .unwrap_or_else(|e| panic!("finding the partition leaders: {e}"));
+        let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+        for partition in partitions
+            .iter()
+            .filter(|p| shop_actors::events::topics::ALL.contains(&p.topic.as_str()))
+        {
+            *led.entry(partition.leader).or_default() += 1;
+        }
+        led.into_iter()
+            .max_by_key(|(_, count)| *count)
+            .filter(|(node, _)| (1..=NODES).contains(node))
+            .unwrap_or_else(|| panic!("no partition of the platform's topics has a leader"))
+    }
+
+    /// Waits until every partition has all its replicas in sync again;
+    /// how long that took, or what was still behind at `bound`.
+    pub async fn wait_in_sync(&self, bound: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            let behind = match self.partitions().await {
+                Ok(partitions) => {
+                    let behind: Vec<String> = partitions
+                        .iter()
+                        .filter(|p| p.in_sync < p.replicas || p.leader < 0)
+                        .map(|p| format!("{} ({}/{} in sync)", p.topic, p.in_sync, p.replicas))
+                        .collect();
+                    if behind.is_empty() {
+                        return Ok(started.elapsed());
+                    }
+                    behind
+                }
+                Err(e) => vec![e],
+            };
+            if started.elapsed() > bound {
+                return Err(format!(
+                    "{} partitions not in sync after {} s: {}",
+                    behind.len(),
+                    bound.as_secs(),
+                    behind
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Even when the suite panics: stop exactly the nodes it started.
+        // `--keep` leaves their logs beside the services' for a post-mortem.
+        let _ = std::process::Command::new("bash")
+            .arg(&self.script)
+            .args(["stop", "--keep"])
+            .env("SHOP_KAFKA_DIR", &self.state)
+            .status();
+    }
+}
+
+/// `command` and the node numbers, as the script's arguments.
+fn node_args(command: &str, nodes: &[i32]) -> Vec<String> {
+    std::iter::once(command.to_owned())
+        .chain(nodes.iter().map(i32::to_string))
+        .collect()
+}
+
+/// One partition as the cluster's metadata describes it.
+struct PartitionState {
+    topic: String,
+    /// Broker id of its leader (-1: none).
+    leader: i32,
+    replicas: usize,
+    in_sync: usize,
 }
 
 /// A `redis-server` of our own, so stopping it hurts nobody else.

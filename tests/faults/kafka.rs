@@ -52,17 +52,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("kafka task panicked")
 }
 
-/// True if the broker answers a metadata request within `wait`.
-pub async fn broker_answers(brokers: &str, wait: Duration) -> bool {
-    let brokers = brokers.to_owned();
-    blocking(move || {
-        client(&brokers, "faults-probe")
-            .map(|c| c.fetch_metadata(None, wait).is_ok())
-            .unwrap_or(false)
-    })
-    .await
-}
-
 fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, String> {
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)

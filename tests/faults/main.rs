@@ -1,16 +1,21 @@
 //! Fault-injection suite: the four services as separate `shop` processes
-//! (two order-service replicas sharing the `order` group) against a
-//! `shop broker` process and a private Redis, with hundreds of orders —
+//! (two order-service replicas sharing the `order` group) against a 3-node
+//! Apache Kafka cluster (KRaft, replication 3, min.insync.replicas 2, started
+//! by `scripts/kafka.sh`) and a private Redis, with hundreds of orders —
 //! approved, declined, and impossible to satisfy — in flight while the suite
 //!
 //! 1. kills each service with SIGKILL in turn (product, payment, order-a,
 //!    gateway, order-b) and restarts it; a killed order process stays dead
 //!    until the other one has finished every saga it had in flight,
-//! 2. stops order-a and payment with SIGTERM under load (each must exit by
-//!    itself within the grace period) and restarts them,
-//! 3. once the order group has settled, takes the broker down for 4 s and
-//!    brings it back (data kept),
-//! 4. stops Redis for 4 s,
+//! 2. kills broker 3 and, while it is down, stops order-a and payment with
+//!    SIGTERM under load (each must exit by itself within the grace period)
+//!    and restarts them; then restarts broker 3,
+//! 3. kills with SIGKILL the broker that leads the most partitions of the
+//!    platform's topics, keeps orders flowing, and restarts it,
+//! 4. restarts the three brokers in turn (SIGTERM, start), each back in
+//!    sync before the next,
+//! 5. kills every broker for 4 s and restarts them (data kept),
+//! 6. stops Redis for 4 s,
 //!
 //! then waits, within a stated bound (120 s after the last fault), for every
 //! order to end, every outbox to drain and every group to catch up, and
@@ -28,10 +33,12 @@
 //! runs, a block of counts, and last `faults: N passed, M failed`.
 //! Needs Postgres (`TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432`) and `redis-server` on the PATH
-//! (or `FAULTS_REDIS_SERVER`). `FAULTS_KEEP_DB=1` keeps the database.
+//! (or `FAULTS_REDIS_SERVER`), and Java 17 with Maven for the cluster
+//! (`scripts/kafka.sh` fetches its jars from Maven Central once).
+//! `FAULTS_KEEP_DB=1` keeps the database.
 //!
 //! - [`processes`]: child processes that can be killed and restarted; logs.
-//! - [`infra`]: the broker and the private Redis.
+//! - [`infra`]: the Kafka cluster and the private Redis.
 //! - [`services`]: the five service processes.
 //! - [`workload`]: the catalogue and the clients placing orders.
 //! - [`scenarios`]: the live faults, and waiting for the platform to settle.
@@ -57,7 +64,7 @@ mod workload;
 
 use database::TestDatabase;
 use futures::FutureExt;
-use infra::{Broker, PrivateRedis};
+use infra::{Cluster, PrivateRedis};
 use invariants::Context;
 use observations::StockSampler;
 use processes::{LogDir, ShopBinary};
@@ -74,10 +81,7 @@ use workload::{Placed, Stats, Workload};
 /// Partitions per topic: enough for two order processes to share.
 const PARTITIONS: i32 = 6;
 /// Consumer-group session timeout: how soon a killed member's partitions
-/// move. Longer than the broker outage plus a reconnect (see
-/// `scenarios::OUTAGE`): librdkafka's mock broker expires members during
-/// its outage and may then hand a live member's id to a new one, which
-/// aborts it on an internal assertion.
+/// move. Longer than a group coordinator's failover to another broker.
 const SESSION_TIMEOUT_MS: u64 = 10_000;
 /// Every order must be terminal (and every outbox and group drained) this
 /// long after the last fault.
@@ -100,39 +104,25 @@ const CLIENT_PAUSE: Duration = Duration::from_millis(250);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault-injection suite: `cargo test --test faults -- --ignored --nocapture` (a separate step of .ci/run)"]
 async fn faults_leave_every_order_terminal_and_the_books_balanced() {
-    // librdkafka's mock cluster (the test broker, not shop) can abort on an
-    // internal assertion (`rdkafka_mock_cgrp.c … !member->resp`) when group
-    // members rejoin right after a simulated outage. That run proves nothing
-    // either way, so it is started again from scratch, once.
-    let mut attempt = 0;
-    let (report, logs) = loop {
-        attempt += 1;
-        let run_id = Uuid::new_v4().simple().to_string();
-        let logs = LogDir::create(&run_id);
-        println!(
-            "[faults] run {run_id}; process logs in {}",
-            logs.path().display()
-        );
-        let database = TestDatabase::new(&run_id);
-        let shop = ShopBinary::install(&logs);
-        // Children die with `run`'s locals (kill_on_drop), even when it panics;
-        // the database is dropped afterwards either way.
-        let outcome = AssertUnwindSafe(run(&logs, &shop, &database))
-            .catch_unwind()
-            .await;
-        if std::env::var_os("FAULTS_KEEP_DB").is_some() {
-            println!("[faults] kept database {}", database.name);
-        } else {
-            database.drop_database().await;
-        }
-        match outcome {
-            Ok(report) => break (report, logs),
-            Err(panic) if attempt == 1 && is_mock_broker_abort(&*panic) => {
-                println!("[faults] the test broker (librdkafka mock cluster) aborted on its own assertion; running the suite again");
-            }
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    };
+    let run_id = Uuid::new_v4().simple().to_string();
+    let logs = LogDir::create(&run_id);
+    println!(
+        "[faults] run {run_id}; process logs in {}",
+        logs.path().display()
+    );
+    let database = TestDatabase::new(&run_id);
+    let shop = ShopBinary::install(&logs);
+    // Children die with `run`'s locals (kill_on_drop), even when it panics;
+    // the database is dropped afterwards either way.
+    let outcome = AssertUnwindSafe(run(&logs, &shop, &database))
+        .catch_unwind()
+        .await;
+    if std::env::var_os("FAULTS_KEEP_DB").is_some() {
+        println!("[faults] kept database {}", database.name);
+    } else {
+        database.drop_database().await;
+    }
+    let report = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let failed: Vec<String> = report
         .checks
         .iter()
@@ -189,8 +179,6 @@ fn service_env(
         ("KAFKA_BROKERS", brokers.to_owned()),
         ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("KAFKA_PARTITIONS", PARTITIONS.to_string()),
-        // `shop broker` has one node.
-        ("KAFKA_REPLICATION", "1".into()),
         ("KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
         ("DATABASE_URL", database.url.clone()),
         ("DATABASE_POOL_SIZE", "6".into()),
@@ -220,7 +208,7 @@ fn service_env(
 async fn run(logs: &LogDir, shop: &ShopBinary, database: &TestDatabase) -> Report {
     let suite_started = Instant::now();
     let run_id = database.name.trim_start_matches("shop_faults_").to_owned();
-    let broker = Broker::start(logs, shop, PARTITIONS).await;
+    let broker = Cluster::start(logs).await;
     let redis = PrivateRedis::start(logs).await;
     let env = service_env(&broker.address, &redis.url(), database, &run_id);
     let mut platform = Platform {
@@ -494,14 +482,4 @@ impl Counts<'_> {
             report.failed()
         );
     }
-}
-
-/// True if a panic reports the mock broker's known internal abort.
-fn is_mock_broker_abort(panic: &(dyn std::any::Any + Send)) -> bool {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or_default();
-    message.contains("rdkafka_mock_cgrp.c")
 }

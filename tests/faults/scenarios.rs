@@ -1,8 +1,10 @@
 //! The live faults, in order, each injected while orders keep flowing:
-//! kill -9 each service and restart it, take the broker away, take Redis
-//! away; then wait for everything to settle.
+//! kill -9 each service and restart it, SIGTERM two of them with one broker
+//! down the whole time, kill -9 the broker that leads the most partitions,
+//! restart every broker in turn, take Redis away; then wait for everything
+//! to settle.
 
-use crate::infra::{Broker, PrivateRedis};
+use crate::infra::{Cluster, PrivateRedis, NODES};
 use crate::invariants;
 use crate::kafka;
 use crate::processes::LogDir;
@@ -19,17 +21,18 @@ const DEAD_FOR: Duration = Duration::from_secs(2);
 /// How long the surviving order process may take to finish the sagas of
 /// a killed one (session timeout, then a rebalance).
 const TAKEOVER_BOUND: Duration = Duration::from_secs(30);
-/// How long the broker and Redis stay down: with the reconnect backoff
-/// (at most 1 s), well inside the session timeout, so no group member
-/// expires while the broker is away.
+/// How long Redis, and the whole Kafka cluster, stay down.
 const OUTAGE: Duration = Duration::from_secs(4);
+/// How long a restarted broker may take to have every partition's
+/// replicas in sync again.
+const IN_SYNC_BOUND: Duration = Duration::from_secs(60);
 /// Orders the platform must accept after each fault before the next one.
 const ORDERS_BETWEEN_FAULTS: usize = 15;
 
 /// The processes under test.
 pub struct Platform {
-    /// The Kafka-protocol broker.
-    pub broker: Broker,
+    /// The Apache Kafka cluster.
+    pub broker: Cluster,
     /// The private Redis.
     pub redis: PrivateRedis,
     /// The five service processes.
@@ -44,7 +47,6 @@ pub struct Platform {
 impl Platform {
     /// Restarts any service that exited by itself, recording it.
     pub async fn revive_crashed(&mut self) {
-        self.broker.assert_alive();
         for (name, status) in self.services.exited() {
             println!("[faults] {name} exited by itself ({status}); restarting it");
             self.crashes.push(format!("{name} exited ({status})"));
@@ -70,17 +72,22 @@ async fn orders_flow(platform: &mut Platform, workload: &Workload, more: usize, 
     }
 }
 
-/// Polls until the broker answers (`up`) or stops answering.
-async fn broker_is(brokers: &str, up: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kafka::broker_answers(brokers, Duration::from_millis(500)).await != up {
-        assert!(
-            Instant::now() < deadline,
-            "broker never went {}",
-            if up { "up" } else { "down" }
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Restarts brokers `nodes` and records how long they took to be back in sync.
+async fn bring_back(platform: &Platform, nodes: &[i32], synced: &mut Vec<Result<String, String>>) {
+    platform.broker.restart(nodes).await;
+    let result = platform
+        .broker
+        .wait_in_sync(IN_SYNC_BOUND)
+        .await
+        .map(|took| {
+            format!(
+                "brokers {nodes:?} in sync {:.1} s after their start",
+                took.as_secs_f64()
+            )
+        })
+        .map_err(|behind| format!("brokers {nodes:?}: {behind}"));
+    println!("[faults] brokers {nodes:?} back: {result:?}");
+    synced.push(result);
 }
 
 /// Waits until the whole pipeline works (at least `count` orders have
@@ -203,6 +210,14 @@ pub async fn inject_live_faults(
         .await;
     }
 
+    // One broker down for a whole phase of load: with replication 3 and
+    // min.insync.replicas 2, every write still has two brokers to land on.
+    let mut synced = Vec::new();
+    let down = NODES;
+    println!("[faults] kill -9 broker {down}, down for the whole SIGTERM phase");
+    platform.broker.kill(&[down]).await;
+    faults.push(format!("broker {down} down for a phase"));
+
     // SIGTERM under load: a clean stop finishes or hands back its work (the
     // end-of-run checks show nothing lost and nothing done twice).
     let mut stops = Vec::new();
@@ -245,26 +260,75 @@ pub async fn inject_live_faults(
         },
     );
 
-    // A broker outage in the middle of a rebalance is the one thing the
-    // test broker itself cannot survive (see `SESSION_TIMEOUT_MS`), so
-    // the outage starts once the order group has settled.
-    platform.services.wait_order_group_settled().await;
-    let brokers = platform.broker.address.clone();
-    println!("[faults] broker down for {OUTAGE:?}");
-    platform.broker.control("down").await;
-    broker_is(&brokers, false).await;
-    faults.push(format!("broker down {} s", OUTAGE.as_secs()));
-    tokio::time::sleep(OUTAGE).await;
-    platform.broker.control("up").await;
-    broker_is(&brokers, true).await;
-    println!("[faults] broker up");
+    bring_back(platform, &[down], &mut synced).await;
+
+    // kill -9 of the broker that leads the most of the platform's
+    // partitions: their leadership moves to the others mid-flight.
+    let (leader, led) = platform.broker.busiest_leader().await;
+    println!("[faults] kill -9 broker {leader}, leader of {led} partitions");
+    platform.broker.kill(&[leader]).await;
+    faults.push(format!(
+        "kill -9 broker {leader} (leading {led} partitions)"
+    ));
     orders_flow(
         platform,
         workload,
         ORDERS_BETWEEN_FAULTS,
-        "the broker outage",
+        &format!("killing broker {leader}"),
     )
     .await;
+    bring_back(platform, &[leader], &mut synced).await;
+
+    // A rolling restart, as an upgrade does it: one broker at a time, each
+    // back in sync before the next goes.
+    for node in 1..=NODES {
+        println!(
+            "[faults] rolling restart: broker {node} ({} orders accepted so far)",
+            workload.accepted()
+        );
+        platform.broker.stop_node(node).await;
+        bring_back(platform, &[node], &mut synced).await;
+        orders_flow(
+            platform,
+            workload,
+            ORDERS_BETWEEN_FAULTS / 3,
+            &format!("restarting broker {node}"),
+        )
+        .await;
+    }
+    faults.push(format!("rolling restart of {NODES} brokers"));
+
+    // The whole cluster down (a power cut): producers and consumers wait,
+    // nothing acknowledged is lost, and everything resumes on its own.
+    platform.services.wait_order_group_settled().await;
+    println!("[faults] kill -9 every broker, down for {OUTAGE:?}");
+    platform.broker.kill(&Cluster::all()).await;
+    faults.push(format!("every broker down {} s", OUTAGE.as_secs()));
+    tokio::time::sleep(OUTAGE).await;
+    bring_back(platform, &Cluster::all(), &mut synced).await;
+    orders_flow(
+        platform,
+        workload,
+        ORDERS_BETWEEN_FAULTS,
+        "the cluster outage",
+    )
+    .await;
+    report.record(
+        "every restarted broker is back in sync (all replicas of every partition)",
+        if synced.iter().all(Result::is_ok) {
+            Ok(synced
+                .iter()
+                .filter_map(|r| r.as_ref().ok().cloned())
+                .collect::<Vec<_>>()
+                .join("; "))
+        } else {
+            Err(synced
+                .iter()
+                .filter_map(|r| r.as_ref().err().cloned())
+                .collect::<Vec<_>>()
+                .join("; "))
+        },
+    );
 
     println!("[faults] redis down for {OUTAGE:?}");
     platform.redis.stop().await;
