@@ -142,7 +142,10 @@ wait_ready() { # node count
   local n=$1 count=$2 deadline=$((SECONDS + ready_timeout)) mark
   mark=$(cat "$state/node-$n/log-mark" 2>/dev/null || echo 0)
   while :; do
-    if tail -n +"$((mark + 1))" "$state/node-$n/kafka.log" 2>/dev/null | grep -q 'Kafka Server started' &&
+    # awk reads the whole log (no pipe: under pipefail a reader that stops
+    # early would fail its writer, and so the check).
+    if awk -v mark="$mark" 'NR > mark && /Kafka Server started/ { found = 1 } END { exit !found }' \
+      "$state/node-$n/kafka.log" 2>/dev/null &&
       (exec 3<>"/dev/tcp/127.0.0.1/$(broker_port "$n" "$count")") 2>/dev/null; then
       return 0
     fi
@@ -173,8 +176,9 @@ stop_one() { # node signal
 }
 
 node_arg() {
-  [[ ${1:-} =~ ^[0-9]+$ ]] && ((1 <= $1 && $1 <= $(nodes))) ||
+  if ! [[ ${1:-} =~ ^[0-9]+$ ]] || (($1 < 1 || $1 > $(nodes))); then
     die "no node '${1:-}': nodes are 1 to $(nodes) (is the cluster started?)"
+  fi
 }
 
 # ---------------------------------------------------------------- commands
