@@ -44,6 +44,9 @@ pub const DEFAULT_MIN_INSYNC_REPLICAS: i32 = 2;
 /// broker's default (7 days on Apache Kafka), far longer than any saga.
 pub const DEFAULT_DEAD_LETTER_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
+/// How long start-up waits for the platform's topics to have leaders.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
 /// Why the platform's topics could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -81,6 +84,10 @@ pub enum TopicError {
         /// The environment variable that asks for it.
         setting: &'static str,
     },
+    /// Partitions of the platform's topics still had no leader after this
+    /// many seconds.
+    #[error("the platform's topics still have partitions without a leader after {0} s")]
+    NoLeaders(u64),
     /// The broker refused to create a topic.
     #[error("could not create topic `{topic}`: {code}")]
     Create {
@@ -266,7 +273,7 @@ impl KafkaSettings {
         };
         let missing = self.missing_topics(topics, &metadata)?;
         if missing.is_empty() {
-            return Ok(());
+            return self.await_leaders(&admin, topics, Some(metadata)).await;
         }
         let min_insync = self.min_insync_replicas.to_string();
         let dead_letter_retention = self.dead_letter_retention_ms.to_string();
@@ -310,7 +317,49 @@ impl KafkaSettings {
                 Err((topic, code)) => return Err(TopicError::Create { topic, code }),
             }
         }
-        Ok(())
+        self.await_leaders(&admin, topics, None).await
+    }
+
+    /// Waits until every partition of `topics` has a leader (starting from
+    /// `metadata` if given). Apache Kafka answers CreateTopics before the
+    /// new partitions' leaders are known to every broker, and a consumer
+    /// that asks for the topic meanwhile is refused (`NotLeaderForPartition`).
+    async fn await_leaders(
+        &self,
+        admin: &std::sync::Arc<AdminClient<DefaultClientContext>>,
+        topics: &[&str],
+        mut metadata: Option<Metadata>,
+    ) -> Result<(), TopicError> {
+        let names: Vec<String> = topics.iter().map(|t| self.topic(t)).collect();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            if let Some(metadata) = &metadata {
+                let led = names.iter().all(|name| {
+                    metadata.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                });
+                if led {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TopicError::NoLeaders(LEADER_WAIT.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let admin = admin.clone();
+            metadata = tokio::task::spawn_blocking(move || {
+                admin.inner().fetch_metadata(None, Duration::from_secs(10))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok);
+        }
     }
 
     /// The names on the broker of those of `topics` (logical names) to
