@@ -20,12 +20,11 @@ export DEBIAN_FRONTEND=noninteractive
 MAX_CONNECTIONS=${SHOP_PG_MAX_CONNECTIONS:-400}
 
 apt_updated=false
-apt_install() {
+apt_update() {
   if ! $apt_updated; then
     apt-get update -qq >/dev/null
     apt_updated=true
   fi
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 postgres_binary() {
@@ -37,7 +36,8 @@ postgres_binary() {
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if [[ -z $(postgres_binary) ]] || ! command -v pg_ctlcluster >/dev/null; then
     echo "installing postgresql (Debian package)"
-    apt_install postgresql
+    apt_update
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
   fi
   version=$(basename "$(dirname "$(dirname "$(postgres_binary)")")")
   if [[ ! -d /etc/postgresql/$version/main ]]; then
@@ -78,7 +78,8 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SHOW max_connections' |
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   if ! command -v redis-server >/dev/null; then
     echo "installing redis-server (Debian package)"
-    apt_install redis-server
+    apt_update
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   fi
   # The package's own service, if it started one, already answers.
   if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then

@@ -382,15 +382,6 @@ impl KafkaSettings {
                 continue;
             };
             let partitions = i32::try_from(existing.partitions().len()).unwrap_or(i32::MAX);
-            if partitions < self.partitions {
-                return Err(TopicError::TooSmall {
-                    topic: name,
-                    what: "partitions",
-                    found: partitions,
-                    wanted: self.partitions,
-                    setting: "KAFKA_PARTITIONS",
-                });
-            }
             // The replica list is the assignment, whether or not each
             // replica is in sync right now (a broker may be restarting).
             let replicas = existing
@@ -399,14 +390,24 @@ impl KafkaSettings {
                 .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
                 .min()
                 .unwrap_or(0);
-            if replicas < self.replication {
-                return Err(TopicError::TooSmall {
-                    topic: name,
-                    what: "replicas",
-                    found: replicas,
-                    wanted: self.replication,
-                    setting: "KAFKA_REPLICATION",
-                });
+            for (what, found, wanted, setting) in [
+                (
+                    "partitions",
+                    partitions,
+                    self.partitions,
+                    "KAFKA_PARTITIONS",
+                ),
+                ("replicas", replicas, self.replication, "KAFKA_REPLICATION"),
+            ] {
+                if found < wanted {
+                    return Err(TopicError::TooSmall {
+                        topic: name,
+                        what,
+                        found,
+                        wanted,
+                        setting,
+                    });
+                }
             }
         }
         let brokers = metadata.brokers().len();
