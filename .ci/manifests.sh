@@ -192,9 +192,14 @@ for render in "${RENDERS[@]}"; do
   IFS=: read -r name dir mode options <<<"$render"
   [[ -n $mode && -s $OUT/$name.yaml ]] || continue
   read -r -a options <<<"$options"
+  # Its exit code counts too: a crash after some PASS lines must not pass.
+  status=0
   "$VENV/bin/python" .ci/policy.py --mode "$mode" "${options[@]}" "$name" "$OUT/$name.yaml" \
-    >"$OUT/policy-$name.log" 2>&1 || true
+    >"$OUT/policy-$name.log" 2>&1 || status=$?
   cat "$OUT/policy-$name.log"
+  if ((status != 0)) && ! grep -q '^FAIL ' "$OUT/policy-$name.log"; then
+    fail "policy $name exited with $status without a FAIL line"
+  fi
   passed=$((passed + $(grep -c '^PASS ' "$OUT/policy-$name.log" || true)))
   failed=$((failed + $(grep -c '^FAIL ' "$OUT/policy-$name.log" || true)))
   if ! grep -q -e '^PASS ' -e '^FAIL ' "$OUT/policy-$name.log"; then

@@ -12,8 +12,10 @@
 //   4. another customer buys a mug: the stock shown drops, pushed over the
 //      WebSocket, well before the page would re-read the catalogue.
 //
-// Then it saves a screenshot to docs/storefront.png, stops the platform
-// and drops the database. Run with `node storefront.spec.mjs` (no test
+// Then it saves a screenshot under target/browser/ (or to
+// docs/storefront.png, the README's picture, with UPDATE_SCREENSHOT=1: the
+// tracked image changes only on purpose), stops the platform and drops the
+// database. Run with `node storefront.spec.mjs` (no test
 // runner); it exits non-zero on the first failure.
 //
 // Environment: SHOP_BIN (default $CARGO_TARGET_DIR or ./target, then
@@ -24,7 +26,7 @@ import { chromium } from "playwright-core";
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createServer } from "node:net";
-import { mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -35,7 +37,10 @@ const SHOP_BIN =
   process.env.SHOP_BIN || join(process.env.CARGO_TARGET_DIR || join(ROOT, "target"), "debug", "shop");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const POSTGRES = process.env.TEST_POSTGRES_URL || "postgres://postgres@127.0.0.1:5432";
-const SCREENSHOT = join(ROOT, "docs", "storefront.png");
+const SCREENSHOT =
+  process.env.UPDATE_SCREENSHOT === "1"
+    ? join(ROOT, "docs", "storefront.png")
+    : join(process.env.CARGO_TARGET_DIR || join(ROOT, "target"), "browser", "storefront.png");
 const MUG = "00000000-0000-4000-8000-000000000001";
 const STEP_TIMEOUT_MS = 30_000;
 
@@ -315,6 +320,7 @@ async function main() {
     // Something in the cart, so the picture shows the checkout too.
     await page.getByRole("button", { name: "Add Waxed canvas tote to cart" }).click();
     await page.evaluate(() => window.scrollTo(0, 0));
+    mkdirSync(dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT });
     log(`screenshot saved to ${SCREENSHOT}`);
     assert.deepEqual(failures, [], "no errors in the page");
