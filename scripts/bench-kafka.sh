@@ -12,9 +12,10 @@
 # (`.ci/services.sh`) and a single Kafka node (`scripts/kafka.sh start`) on
 # 127.0.0.1:9092 (BENCH_KAFKA overrides). BENCH_SETUPS picks setups
 # (default "aio-embedded aio-kafka four-embedded four-kafka"), BENCH_RATES the
-# open-loop rates of every setup (default "500 1000"), BENCH_MAX_<setup with
-# _ for -> rates tried towards the maximum after them, BENCH_DURATION each
-# run's length (default 30s). Every run uses the confirm-only mix.
+# open-loop rates of every setup (default "500 1000"), BENCH_MAX_<setup> (its
+# name with _ for -, e.g. BENCH_MAX_aio_kafka) more rates for that setup only,
+# tried towards its maximum, and BENCH_DURATION each run's length in seconds
+# (default 30s). Every run uses the confirm-only mix.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ kafka=${BENCH_KAFKA:-127.0.0.1:9092}
 setups=${BENCH_SETUPS:-aio-embedded aio-kafka four-embedded four-kafka}
 rates=${BENCH_RATES:-500 1000}
 duration=${BENCH_DURATION:-30s}
+[[ $duration =~ ^[0-9]+s$ ]] || { echo "BENCH_DURATION must be whole seconds, e.g. 30s" >&2; exit 2; }
 pg=postgres://postgres@127.0.0.1:5432
 hz=$(getconf CLK_TCK)
 mkdir -p "$out"
@@ -113,7 +115,7 @@ run_setup() {
 run_one() {
   local setup=$1 rate=$2; shift 2
   local label=$setup-$rate before_shop before_pg before_broker after_shop after_pg after_broker
-  local hwm=() i
+  local rss=() i
   before_shop=$(ticks "${pids[@]}")
   before_pg=$(ticks $(pgrep -x postgres))
   before_broker=$(ticks "$broker_pid")
@@ -122,13 +124,13 @@ run_one() {
   local harness=$!
   # RSS mid-run, when the pools and queues are at their working size.
   sleep "$(( ${duration%s} / 2 ))"
-  for i in "${!pids[@]}"; do hwm+=("${names[$i]}=$(rss_mib "${pids[$i]}")"); done
-  [[ -n $broker_pid ]] && hwm+=("broker=$(rss_mib "$broker_pid")")
+  for i in "${!pids[@]}"; do rss+=("${names[$i]}=$(rss_mib "${pids[$i]}")"); done
+  [[ -n $broker_pid ]] && rss+=("broker=$(rss_mib "$broker_pid")")
   wait "$harness" || echo "$label: the harness exited with $?" >&2
   after_shop=$(ticks "${pids[@]}")
   after_pg=$(ticks $(pgrep -x postgres))
   after_broker=$(ticks "$broker_pid")
-  echo "$label cpu_s shop=$(secs $((after_shop - before_shop))) postgres=$(secs $((after_pg - before_pg))) broker=$(secs $((after_broker - before_broker))) rss_mib ${hwm[*]}" \
+  echo "$label cpu_s shop=$(secs $((after_shop - before_shop))) postgres=$(secs $((after_pg - before_pg))) broker=$(secs $((after_broker - before_broker))) rss_mib ${rss[*]}" \
     | tee -a "$out/summary.txt"
   grep -E 'throughput|latency|errors|orders' "$out/$label.txt" | sed "s/^/  /" | tee -a "$out/summary.txt"
 }

@@ -33,14 +33,14 @@ import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const SHOP_BIN =
-  process.env.SHOP_BIN || join(process.env.CARGO_TARGET_DIR || join(ROOT, "target"), "debug", "shop");
+const TARGET_DIR = process.env.CARGO_TARGET_DIR || join(ROOT, "target");
+const SHOP_BIN = process.env.SHOP_BIN || join(TARGET_DIR, "debug", "shop");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const POSTGRES = process.env.TEST_POSTGRES_URL || "postgres://postgres@127.0.0.1:5432";
 const SCREENSHOT =
   process.env.UPDATE_SCREENSHOT === "1"
     ? join(ROOT, "docs", "storefront.png")
-    : join(process.env.CARGO_TARGET_DIR || join(ROOT, "target"), "browser", "storefront.png");
+    : join(TARGET_DIR, "browser", "storefront.png");
 const MUG = "00000000-0000-4000-8000-000000000001";
 const STEP_TIMEOUT_MS = 30_000;
 
