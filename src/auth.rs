@@ -6,7 +6,12 @@
 //! with a public key in PEM (`JWT_PUBLIC_KEY_FILE`), which is what an
 //! identity provider such as Keycloak issues. Both may be set; a token's
 //! `alg` picks the key, and no other algorithm is accepted. Claims: `sub`
-//! is the customer id, `role` is `customer` or `admin`, `exp` is required.
+//! is the customer id (refused if it could never be one: see
+//! [`shop_actors::order::model::is_valid_customer_id`]), `role` is
+//! `customer` or `admin`, `exp` is required, `nbf` is honoured (both with
+//! the same leeway), and `aud` and `iss` are checked when `JWT_AUDIENCE`
+//! and `JWT_ISSUER` are set (and then required). A `crit` header is
+//! refused: shop understands no JWS extension.
 //!
 //! With neither set, every service runs in development mode: a random secret
 //! is kept in a file only its user can read (created on first start, reused
@@ -109,6 +114,17 @@ pub struct Claims {
 #[derive(Clone)]
 pub struct Authenticator {
     keys: Arc<Keys>,
+    /// The `aud` and `iss` a token must carry, when set.
+    expected: Arc<Expected>,
+}
+
+/// Claims a token must carry, beyond the signature.
+#[derive(Debug, Default, Clone)]
+pub struct Expected {
+    /// `JWT_AUDIENCE`: one of the token's `aud` values.
+    pub audience: Option<String>,
+    /// `JWT_ISSUER`: the token's `iss`.
+    pub issuer: Option<String>,
 }
 
 struct Keys {
@@ -163,7 +179,14 @@ impl Authenticator {
         };
         Ok(Self {
             keys: Arc::new(Keys { shared, public }),
+            expected: Arc::new(Expected::default()),
         })
+    }
+
+    /// This authenticator, also requiring `expected`'s audience and issuer.
+    pub fn expecting(mut self, expected: Expected) -> Self {
+        self.expected = Arc::new(expected);
+        self
     }
 
     /// The caller a token stands for.
@@ -180,9 +203,29 @@ impl Authenticator {
                 .map(|(_, key)| key),
         }
         .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+        if let Some(crit) = header.crit.as_ref() {
+            return Err(AuthError::Invalid(format!(
+                "critical header extensions {crit:?} are not understood"
+            )));
+        }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECONDS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.expected.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // Any audience when none is configured: identity providers put
+            // one in every access token.
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.expected.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
@@ -190,8 +233,11 @@ impl Authenticator {
             _ => AuthError::Invalid(e.to_string()),
         })?;
         let subject = data.claims.sub.trim();
-        if subject.is_empty() || subject.len() > 255 {
-            return Err(AuthError::Invalid("sub must be 1 to 255 characters".into()));
+        if !shop_actors::order::model::is_valid_customer_id(subject) {
+            return Err(AuthError::Invalid(format!(
+                "sub must be 1 to {} bytes, none of them control characters",
+                shop_actors::order::model::MAX_CUSTOMER_ID_LEN
+            )));
         }
         Ok(Principal {
             subject: subject.to_owned(),
@@ -228,6 +274,10 @@ impl Authenticator {
 /// The authenticator the settings describe: the configured keys, or the
 /// development secret (created if missing).
 pub fn load(settings: &crate::Settings) -> Result<(Authenticator, KeySource), KeyError> {
+    let expected = Expected {
+        audience: settings.jwt_audience.clone(),
+        issuer: settings.jwt_issuer.clone(),
+    };
     let secret = settings.jwt_secret.as_ref().map(|s| s.0.as_bytes());
     let public = match &settings.jwt_public_key_file {
         None => None,
@@ -243,12 +293,15 @@ pub fn load(settings: &crate::Settings) -> Result<(Authenticator, KeySource), Ke
         let public = public
             .as_ref()
             .map(|(p, pem)| (p.as_path(), pem.as_slice()));
-        return Ok((Authenticator::new(secret, public)?, KeySource::Configured));
+        return Ok((
+            Authenticator::new(secret, public)?.expecting(expected),
+            KeySource::Configured,
+        ));
     }
     let path = settings.jwt_dev_secret_file();
     let (secret, created) = dev_secret(&path)?;
     Ok((
-        Authenticator::from_secret(secret.as_bytes())?,
+        Authenticator::from_secret(secret.as_bytes())?.expecting(expected),
         KeySource::Development { path, created },
     ))
 }
@@ -383,6 +436,110 @@ mod tests {
             base64_url(&serde_json::to_vec(&header).unwrap())
         );
         assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
+    }
+
+    /// An HS256 token signed with [`SECRET`], with `claims` and `header`.
+    fn signed(claims: serde_json::Value, header: Header) -> String {
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let token = |aud: Option<&str>, iss: Option<&str>| {
+            let mut claims =
+                serde_json::json!({"sub": "alice", "role": "customer", "exp": now() + 60});
+            if let Some(aud) = aud {
+                claims["aud"] = aud.into();
+            }
+            if let Some(iss) = iss {
+                claims["iss"] = iss.into();
+            }
+            signed(claims, Header::new(Algorithm::HS256))
+        };
+        let open = Authenticator::from_secret(SECRET).unwrap();
+        assert!(
+            open.verify(&token(Some("shop"), None)).is_ok(),
+            "any aud without JWT_AUDIENCE"
+        );
+        let strict = Authenticator::from_secret(SECRET)
+            .unwrap()
+            .expecting(Expected {
+                audience: Some("shop".into()),
+                issuer: Some("https://idp.example/realms/shop".into()),
+            });
+        let iss = Some("https://idp.example/realms/shop");
+        assert!(strict.verify(&token(Some("shop"), iss)).is_ok());
+        for (aud, iss, why) in [
+            (Some("other"), iss, "another audience"),
+            (None, iss, "no audience"),
+            (Some("shop"), Some("https://evil.example"), "another issuer"),
+            (Some("shop"), None, "no issuer"),
+        ] {
+            assert!(
+                matches!(strict.verify(&token(aud, iss)), Err(AuthError::Invalid(_))),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_leeway() {
+        let auth = Authenticator::from_secret(SECRET).unwrap();
+        let token = |nbf: u64| {
+            signed(
+                serde_json::json!({"sub": "alice", "role": "customer", "exp": now() + 7200, "nbf": nbf}),
+                Header::new(Algorithm::HS256),
+            )
+        };
+        assert!(auth.verify(&token(now() + 3600)).is_err(), "an hour ahead");
+        assert!(
+            auth.verify(&token(now() + LEEWAY_SECONDS - 5)).is_ok(),
+            "within the leeway"
+        );
+        assert!(auth.verify(&token(now() - 60)).is_ok());
+    }
+
+    #[test]
+    fn a_crit_header_is_refused() {
+        let auth = Authenticator::from_secret(SECRET).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-extension".into()]);
+        let token = signed(
+            serde_json::json!({"sub": "alice", "role": "customer", "exp": now() + 60}),
+            header,
+        );
+        assert!(matches!(auth.verify(&token), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_sub_that_cannot_be_a_customer_id_is_refused() {
+        let auth = Authenticator::from_secret(SECRET).unwrap();
+        for sub in [
+            "al\u{0}ice".to_owned(),
+            "a".repeat(129),
+            "line\nbreak".into(),
+            " ".into(),
+        ] {
+            let token = signed(
+                serde_json::json!({"sub": sub, "role": "customer", "exp": now() + 60}),
+                Header::new(Algorithm::HS256),
+            );
+            assert!(
+                matches!(auth.verify(&token), Err(AuthError::Invalid(_))),
+                "{sub:?}"
+            );
+        }
+        let longest = auth
+            .mint(&"a".repeat(128), Role::Customer, Duration::from_secs(60))
+            .unwrap();
+        assert!(auth.verify(&longest).is_ok());
     }
 
     /// A throwaway P-256 key pair, for tests only.

@@ -203,8 +203,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         } => {
             let customer = customer.trim();
             anyhow::ensure!(
-                !customer.is_empty() && customer.len() <= 255,
-                "--customer must be 1 to 255 characters"
+                shop_actors::order::model::is_valid_customer_id(customer),
+                "--customer must be 1 to {} bytes, none of them control characters",
+                shop_actors::order::model::MAX_CUSTOMER_ID_LEN
             );
             let (auth, _) = crate::auth::load(&cli.settings).context("loading the signing key")?;
             let role = if admin {

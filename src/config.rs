@@ -148,6 +148,60 @@ pub struct Settings {
     /// closed with 1008.
     #[arg(long, env = "WS_QUEUE_LIMIT", default_value_t = 256, global = true)]
     pub ws_queue_limit: usize,
+    /// Frames (any kind, pings included) one WebSocket client may send per
+    /// second on average, in bursts of up to twice that; a faster client is
+    /// closed with 1008.
+    #[arg(
+        long,
+        env = "WS_MAX_FRAMES_PER_SECOND",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub ws_max_frames_per_second: u32,
+    /// WebSocket connections one subject (token `sub`) may have open at
+    /// once; more are refused with 429 at the upgrade.
+    #[arg(
+        long,
+        env = "WS_MAX_CONNECTIONS_PER_SUBJECT",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub ws_max_connections_per_subject: u64,
+    /// How long an HTTP connection may take to send a request's head, and
+    /// how long it may stay idle between requests, in seconds: a bare TCP
+    /// connection, a head sent byte by byte and an idle keep-alive are
+    /// closed after it.
+    #[arg(
+        long,
+        env = "HTTP_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        global = true
+    )]
+    pub http_header_timeout_seconds: u64,
+    /// How long a request body may take to arrive, in seconds; a slower one
+    /// gets 408.
+    #[arg(
+        long,
+        env = "HTTP_BODY_TIMEOUT_SECONDS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        global = true
+    )]
+    pub http_body_timeout_seconds: u64,
+    /// Connections the process's HTTP servers serve at once, together
+    /// (upgraded WebSockets not counted), and at most half the descriptor
+    /// limit; more wait in the listen backlog.
+    #[arg(
+        long,
+        env = "HTTP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000),
+        global = true
+    )]
+    pub http_max_connections: u64,
     /// Simulated payment processor latency, in milliseconds.
     #[arg(long, env = "PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
     pub payment_latency_ms: u64,
@@ -214,6 +268,15 @@ pub struct Settings {
     /// from an identity provider.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE", global = true)]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// When set, a bearer token must name this audience in `aud` (as an
+    /// identity provider's access tokens do, e.g. Keycloak's client id).
+    /// Unset: any `aud`, or none, is accepted.
+    #[arg(long, env = "JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+    /// When set, a bearer token's `iss` must be exactly this (e.g.
+    /// `https://keycloak.example/realms/shop`). Unset: not checked.
+    #[arg(long, env = "JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
     /// Where development mode (neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE
     /// set) keeps its generated secret. Default:
     /// `$XDG_STATE_HOME/shop/dev-jwt-secret` (`~/.local/state/...`).
@@ -234,6 +297,15 @@ pub enum LogFormat {
 }
 
 impl Settings {
+    /// What each HTTP server allows one connection.
+    pub fn http_limits(&self) -> crate::http::server::Limits {
+        crate::http::server::Limits {
+            header_timeout: Duration::from_secs(self.http_header_timeout_seconds),
+            body_timeout: Duration::from_secs(self.http_body_timeout_seconds),
+            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
     /// The defaults, as if no flag or variable were set (for tests and tools).
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]
@@ -366,16 +438,62 @@ fn parse_topic_prefix(value: &str) -> Result<String, String> {
 
 /// Replaces the password of a `scheme://user:password@host` URL with `***`.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    // libpq's key=value form (`host=db password=…`).
+    if !url.contains("://") {
+        return url
+            .split(' ')
+            .map(|part| match part.split_once('=') {
+                Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+                _ => part.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
     }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(at) => before_query.split_at(at),
+        None => (before_query, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let mut redacted = format!("{scheme}://{authority}{path}");
+    if let Some(query) = query {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&query.join("&"));
+    }
+    redacted
+}
+
+/// Whether a URL query or conninfo key names a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "sslpassword",
+        "sslkey",
+    ]
+    .iter()
+    .any(|secret| key == *secret || key.ends_with(&format!("_{secret}")))
 }
 
 #[cfg(test)]
@@ -394,6 +512,18 @@ mod tests {
         );
         assert_eq!(redact("redis://:pw@redis:6379"), "redis://:***@redis:6379");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1:5432/x?password=s3cret&sslmode=disable"),
+            "postgres://postgres@127.0.0.1:5432/x?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact("postgres://u:a@b@db/x?user=u&PASSWORD=p"),
+            "postgres://u:***@db/x?user=u&PASSWORD=***"
+        );
+        assert_eq!(
+            redact("host=db user=shop password=s3cret dbname=shop"),
+            "host=db user=shop password=*** dbname=shop"
+        );
     }
 
     #[test]
@@ -406,6 +536,8 @@ mod tests {
         assert!(settings.kafka_brokers.is_none());
         assert_eq!(settings.kafka_replication, 3);
         assert_eq!(settings.kafka_topic_prefix, "");
+        assert_eq!(settings.ws_max_frames_per_second, 100);
+        assert_eq!(settings.ws_max_connections_per_subject, 32);
     }
 
     #[test]

@@ -136,6 +136,10 @@ pub struct Platform {
     dlq_watch: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     grace: Duration,
+    /// What each HTTP server allows a connection.
+    http_limits: http::server::Limits,
+    /// The connections all the HTTP servers may hold together.
+    http_connections: http::server::Connections,
     /// Kept last: dropped after everything that talks to it.
     broker: Option<EmbeddedBroker>,
 }
@@ -213,6 +217,8 @@ impl Platform {
             dlq_watch: infra.kafka.watch_dead_letter_topic(Duration::from_secs(15)),
             stop_http,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
+            http_limits: settings.http_limits(),
+            http_connections: http::server::Connections::new(&settings.http_limits()),
             broker,
         };
         let host = settings.http_host;
@@ -291,6 +297,9 @@ impl Platform {
                     ping_every: Duration::from_secs(settings.ws_ping_seconds.max(1)),
                     idle_timeout: Duration::from_secs(settings.ws_idle_timeout_seconds.max(1)),
                     queue_limit: settings.ws_queue_limit.max(1),
+                    frames_per_second: settings.ws_max_frames_per_second.max(1),
+                    per_subject: usize::try_from(settings.ws_max_connections_per_subject)
+                        .unwrap_or(usize::MAX),
                 },
             };
             let storefront = http::storefront::routes(
@@ -338,8 +347,14 @@ impl Platform {
             .await
             .map_err(|e| StartupError::Bind(addr, e))?;
         tracing::info!(service = name, address = %bound, "listening");
-        self.servers
-            .push(http::serve(name, routes.boxed(), listener, stop.clone()));
+        self.servers.push(http::serve(
+            name,
+            routes.boxed(),
+            listener,
+            stop.clone(),
+            self.http_limits,
+            self.http_connections.clone(),
+        ));
         Ok(bound)
     }
 

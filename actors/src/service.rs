@@ -75,6 +75,10 @@ impl RunningService {
 pub fn peer_client(base_url: &str) -> (reqwest::Client, String) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
+        // Under the servers' idle timeout (`HTTP_HEADER_TIMEOUT_SECONDS`,
+        // 10 s by default): the client lets an idle connection go first, so
+        // a request never races the server closing it.
+        .pool_idle_timeout(Duration::from_secs(4))
         .build()
         .unwrap_or_default();
     (http, base_url.trim_end_matches('/').to_owned())

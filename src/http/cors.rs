@@ -6,7 +6,9 @@
 //! `Authorization` header, never with cookies, so a foreign page gains
 //! nothing it could not do with its own token (and credentials are not
 //! allowed). Errors carry the CORS headers too, so a page can read the JSON
-//! error body instead of seeing an opaque network failure.
+//! error body instead of seeing an opaque network failure. The allowed
+//! origin echoes the request's, so every answer says `Vary: Origin`: a
+//! shared cache must not hand one origin's answer to another.
 
 use super::error;
 use warp::{Filter, Rejection, Reply};
@@ -48,5 +50,15 @@ where
         .recover(error::recover)
         .unify()
         .with(cors)
-        .map(Reply::into_response)
+        .map(vary_on_origin)
+}
+
+/// `reply`, saying that it depends on the request's `Origin`.
+fn vary_on_origin(reply: impl Reply) -> warp::reply::Response {
+    let mut response = reply.into_response();
+    response.headers_mut().append(
+        warp::http::header::VARY,
+        warp::http::HeaderValue::from_static("Origin"),
+    );
+    response
 }

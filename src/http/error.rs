@@ -49,6 +49,12 @@ pub enum ApiError {
     /// A valid token, but not allowed to do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The body is larger than the services take.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The body did not arrive within the server's body timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -72,6 +78,8 @@ impl ApiError {
             ApiError::RequestInProgress(_) => (StatusCode::CONFLICT, "request_in_progress"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         }
     }
 }
@@ -168,18 +176,19 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
             "payload_too_large",
             format!("request body is larger than {} bytes", super::MAX_BODY),
         )
-    } else if rejection.find::<LengthRequired>().is_some() {
-        (
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "a content-length header is required".into(),
-        )
     } else if rejection.find::<InvalidQuery>().is_some() {
         (
             StatusCode::BAD_REQUEST,
             "bad_request",
             "invalid query string".into(),
         )
+    // Before MethodNotAllowed: warp reports a header it cannot decode on the
+    // matching route alongside the other routes' "wrong method", and the
+    // header is what is wrong.
+    } else if let Some(e) = rejection.find::<MissingHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -189,10 +198,6 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
         // A preflight asking for a method or header the services do not take.
         (StatusCode::FORBIDDEN, "forbidden", e.to_string())
-    } else if let Some(e) = rejection.find::<MissingHeader>() {
-        (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-    } else if let Some(e) = rejection.find::<InvalidHeader>() {
-        (StatusCode::BAD_REQUEST, "bad_request", e.to_string())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         (
@@ -201,6 +206,9 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
             "internal error".into(),
         )
     };
+    if status.is_client_error() {
+        tracing::debug!(%status, code, %message, "request refused");
+    }
     let mut response = error_response(status, code, message);
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(

@@ -5,11 +5,17 @@
 //! `bearer.<token>`, and the server selects `shop.v1` — or, for other
 //! clients, in `Authorization: Bearer`. `?order_id=` (with an optional
 //! `last_seq`) subscribes to one order at once.
+//!
+//! The session lasts as long as the token would be accepted over HTTP (its
+//! `exp` plus the same leeway); a subject with `WS_MAX_CONNECTIONS_PER_SUBJECT`
+//! connections open is refused with a JSON `429` before the upgrade.
 
-use super::error::ApiError;
-use crate::auth::{bearer_token, Authenticator, Principal};
-use shop_actors::gateway::{ClientMessage, Gateway};
+use super::error::{error_response, ApiError};
+use crate::auth::{bearer_token, Authenticator};
+use shop_actors::gateway::{Admission, ClientMessage, Gateway, Session, TokenVerifier};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use uuid::Uuid;
 use warp::hyper::upgrade::OnUpgrade;
@@ -19,20 +25,56 @@ use warp::{Filter, Rejection, Reply};
 const PROTOCOL: &str = "shop.v1";
 /// Prefix of the subprotocol that carries the token.
 const BEARER_PROTOCOL: &str = "bearer.";
+/// How long past its `exp` a session lasts: the clock skew `shop::auth`
+/// tolerates on `exp` (its `LEEWAY_SECONDS`; a test below checks the two
+/// agree), so a token refused over HTTP ends its WebSocket sessions too.
+const SESSION_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Checks tokens for sessions: the HTTP layer's keys, and the token's end.
+#[derive(Clone)]
+struct Sessions(Authenticator);
+
+impl TokenVerifier for Sessions {
+    fn verify(&self, token: &str) -> Result<Session, String> {
+        self.session(token).map_err(|e| e.to_string())
+    }
+}
+
+impl Sessions {
+    /// The session `token` opens: verified, and ending at `exp` plus the leeway.
+    fn session(&self, token: &str) -> Result<Session, crate::auth::AuthError> {
+        #[derive(serde::Deserialize)]
+        struct Expiry {
+            exp: u64,
+        }
+        let principal = self.0.verify(token)?;
+        // Verified just now (so `exp` is there); read it back for the end.
+        let exp = jsonwebtoken::dangerous::insecure_decode_claims::<Expiry>(token)
+            .map_err(|e| crate::auth::AuthError::Invalid(e.to_string()))?
+            .exp;
+        Ok(Session {
+            principal,
+            token: token.to_owned(),
+            ends_at: UNIX_EPOCH + Duration::from_secs(exp) + SESSION_LEEWAY,
+        })
+    }
+}
 
 /// Every gateway route.
 pub fn routes(
     gateway: Gateway,
     auth: Authenticator,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let sessions = Sessions(auth);
+    let verifier: Arc<dyn TokenVerifier> = Arc::new(sessions.clone());
     warp::path!("ws")
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and_then(
             move |authorization: Option<String>, protocols: Option<String>| {
-                let auth = auth.clone();
-                async move { authenticate(&auth, authorization, protocols) }
+                let sessions = sessions.clone();
+                async move { authenticate(&sessions, authorization, protocols) }
             },
         )
         .and(
@@ -42,11 +84,28 @@ pub fn routes(
         .and(websocket_upgrade())
         .and(warp::any().map(move || gateway.clone()))
         .map(
-            |(principal, token, select): (Principal, String, bool),
-             initial: Option<ClientMessage>,
-             (accept, on_upgrade): (String, OnUpgrade),
-             gateway: Gateway| {
-                gateway.upgrade(on_upgrade, principal, token, initial);
+            move |(session, select): (Session, bool),
+                  initial: Option<ClientMessage>,
+                  (accept, on_upgrade): (String, OnUpgrade),
+                  gateway: Gateway| {
+                let Some(slot) = gateway.reserve(&session.principal.subject) else {
+                    return error_response(
+                        warp::http::StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_connections",
+                        format!(
+                            "at most {} WebSocket connections per subject are open at once; \
+                             close one first",
+                            gateway.per_subject()
+                        ),
+                    );
+                };
+                let admission = Admission {
+                    session,
+                    slot,
+                    initial,
+                    verifier: verifier.clone(),
+                };
+                gateway.upgrade(on_upgrade, admission);
                 let mut response = warp::http::Response::builder()
                     .status(warp::http::StatusCode::SWITCHING_PROTOCOLS)
                     .header("upgrade", "websocket")
@@ -112,12 +171,12 @@ fn websocket_upgrade() -> impl Filter<Extract = ((String, OnUpgrade),), Error = 
         )
 }
 
-/// The caller, their token, and whether to select [`PROTOCOL`].
+/// The caller's session, and whether to select [`PROTOCOL`].
 fn authenticate(
-    auth: &Authenticator,
+    sessions: &Sessions,
     authorization: Option<String>,
     protocols: Option<String>,
-) -> Result<(Principal, String, bool), Rejection> {
+) -> Result<(Session, bool), Rejection> {
     let offered: Vec<&str> = protocols
         .as_deref()
         .map(|p| p.split(',').map(str::trim).collect())
@@ -133,10 +192,10 @@ fn authenticate(
                  {BEARER_PROTOCOL}<token>, or send Authorization: Bearer <token>"
             ))
         })?;
-    let principal = auth
-        .verify(token)
+    let session = sessions
+        .session(token)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    Ok((principal, token.to_owned(), offered.contains(&PROTOCOL)))
+    Ok((session, offered.contains(&PROTOCOL)))
 }
 
 /// The subscription `?order_id=…[&last_seq=…]` asks for, if any.
@@ -163,4 +222,54 @@ fn initial_request(query: &HashMap<String, String>) -> Result<Option<ClientMessa
         last_seq,
         scope: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use std::time::SystemTime;
+
+    const SECRET: &[u8] = b"unit-test-secret-unit-test-secret-0123";
+
+    #[test]
+    fn the_session_leeway_is_the_one_http_authentication_allows() {
+        let auth = Authenticator::from_secret(SECRET).unwrap();
+        let expired = |ago: u64| {
+            let token = auth
+                .mint_expiring(
+                    "alice",
+                    Role::Customer,
+                    SystemTime::now() - Duration::from_secs(ago),
+                )
+                .unwrap();
+            auth.verify(&token).is_err()
+        };
+        let leeway = SESSION_LEEWAY.as_secs();
+        assert!(!expired(leeway - 1), "HTTP still accepts it");
+        assert!(expired(leeway + 1), "HTTP refuses it");
+    }
+
+    #[test]
+    fn a_session_ends_at_the_tokens_exp_plus_the_leeway() {
+        let auth = Authenticator::from_secret(SECRET).unwrap();
+        let exp = SystemTime::now() + Duration::from_secs(600);
+        let token = auth.mint_expiring("alice", Role::Customer, exp).unwrap();
+        let session = Sessions(auth).session(&token).unwrap();
+        let exp_secs = exp.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(
+            session.ends_at,
+            UNIX_EPOCH + Duration::from_secs(exp_secs) + SESSION_LEEWAY
+        );
+        assert_eq!(session.principal.subject, "alice");
+    }
+
+    #[test]
+    fn a_negative_last_seq_is_refused_like_over_the_websocket() {
+        let query = HashMap::from([
+            ("order_id".to_owned(), uuid::Uuid::nil().to_string()),
+            ("last_seq".to_owned(), "-1".to_owned()),
+        ]);
+        assert!(initial_request(&query).is_err());
+    }
 }

@@ -7,7 +7,7 @@
 //! What shared filters answer is added here once rather than repeated on
 //! every route, because it is produced in one place too: `401` (with
 //! `WWW-Authenticate: Bearer`) on every route that takes a token
-//! ([`crate::auth`]), and `400`, `413` and `415` on every route with a JSON
+//! ([`crate::auth`]), and `400`, `408`, `413` and `415` on every route with a JSON
 //! body ([`super::json_body`]). Every error body is [`ErrorBody`].
 
 use super::error::ErrorBody;
@@ -181,6 +181,10 @@ fn add_shared_errors(operation: &mut Operation) {
             "400",
             error("The body is not JSON, or not of the documented shape."),
         );
+        add(
+            "408",
+            error("The body did not arrive within `HTTP_BODY_TIMEOUT_SECONDS`."),
+        );
         add("413", error("The body is larger than 64 KiB."));
         add("415", error("The body is not sent as `application/json`."));
     }
@@ -238,7 +242,7 @@ mod tests {
     fn routes_with_a_token_document_401_and_json_bodies_415() {
         let json = document("product").expect("a document");
         let create = &json["paths"]["/products"]["post"];
-        for status in ["401", "400", "413", "415", "422"] {
+        for status in ["401", "400", "408", "413", "415", "422"] {
             assert_eq!(
                 create["responses"][status]["content"]["application/json"]["schema"]["$ref"],
                 "#/components/schemas/ErrorBody",

@@ -99,6 +99,8 @@ impl OrderClient {
         reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            // Under the servers' idle timeout, so no request races a close.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()
             .map_err(|e| LoadgenError::Setup(format!("HTTP client: {e}")))
     }

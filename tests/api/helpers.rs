@@ -188,6 +188,8 @@ pub struct Options {
     pub ws_idle_timeout_seconds: u64,
     /// See `ws_ping_seconds`.
     pub ws_queue_limit: usize,
+    /// Any other setting, changed last.
+    pub configure: Option<fn(&mut Settings)>,
 }
 
 impl Default for Options {
@@ -206,6 +208,7 @@ impl Default for Options {
             ws_ping_seconds: 20,
             ws_idle_timeout_seconds: 60,
             ws_queue_limit: 256,
+            configure: None,
         }
     }
 }
@@ -259,6 +262,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.outbox_poll_ms = 20;
     settings.shutdown_grace_seconds = 5;
     settings.jwt_secret = Some(shop::auth::Secret(JWT_SECRET.into()));
+    if let Some(configure) = options.configure {
+        configure(&mut settings);
+    }
     let platform = Platform::start(&settings, options.role)
         .await
         .expect("platform starts");

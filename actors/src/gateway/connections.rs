@@ -6,8 +6,7 @@ use super::connection::WebSocket;
 use super::connection::{ConnectionArgs, ConnectionPolicy, WsConnection};
 use super::hub::HubMsg;
 use super::orders::OrderLookup;
-use super::protocol::ClientMessage;
-use crate::auth::Principal;
+use super::Admission;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 /// The connection supervisor; see the module documentation.
@@ -38,12 +37,8 @@ pub enum ConnectionsMsg {
     Open {
         /// The socket (boxed: it is large, and this message is not).
         socket: Box<WebSocket>,
-        /// Who connected.
-        principal: Principal,
-        /// Their bearer token.
-        token: String,
-        /// A subscription asked for when connecting.
-        initial: Option<ClientMessage>,
+        /// Who connected, until when, and what they asked for at once.
+        admission: Box<Admission>,
     },
     /// Closes every connection with 1001 (going away): the server is
     /// shutting down.
@@ -75,16 +70,18 @@ impl Actor for ConnectionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ConnectionsMsg::Open {
-                socket,
-                principal,
-                token,
-                initial,
-            } => {
+            ConnectionsMsg::Open { socket, admission } => {
+                let Admission {
+                    session,
+                    slot,
+                    initial,
+                    verifier,
+                } = *admission;
                 let args = ConnectionArgs {
                     socket: *socket,
-                    principal,
-                    token,
+                    session,
+                    verifier,
+                    slot,
                     initial,
                     hub: state.args.hub.clone(),
                     lookup: state.args.lookup.clone(),

@@ -23,9 +23,11 @@ pub mod history;
 pub mod hub;
 pub mod orders;
 pub mod protocol;
+pub mod reader;
 pub mod requests;
+pub mod session;
+pub mod slots;
 
-use crate::auth::Principal;
 use crate::events::{topics, Envelope};
 use crate::kafka::Subscription;
 use crate::kafka::{EventHandler, HandlerError};
@@ -38,11 +40,13 @@ use connections::{ConnectionSupervisor, ConnectionsArgs, ConnectionsMsg};
 use history::History;
 use hub::{Hub, HubMsg, StatusUpdate, StockChange};
 use ractor::{Actor, ActorRef};
+use slots::{SubjectSlot, SubjectSlots};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 pub use connection::ConnectionPolicy;
 pub use protocol::{ClientMessage, Scope, ServerMessage};
+pub use session::{Session, SharedVerifier, TokenVerifier, CLOSE_TOKEN_EXPIRED};
 
 /// How the gateway is set up.
 #[derive(Debug, Clone)]
@@ -104,6 +108,19 @@ impl EventHandler for StockUpdates {
 pub struct Gateway {
     hub: ActorRef<HubMsg>,
     connections: ActorRef<ConnectionsMsg>,
+    slots: Arc<SubjectSlots>,
+}
+
+/// A connection the HTTP layer admitted: what its actor starts with.
+pub struct Admission {
+    /// Who connected, with which token, until when.
+    pub session: Session,
+    /// Its place in its subject's count ([`Gateway::reserve`]).
+    pub slot: SubjectSlot,
+    /// A subscription asked for when connecting.
+    pub initial: Option<ClientMessage>,
+    /// Checks the tokens of `refresh` requests.
+    pub verifier: SharedVerifier,
 }
 
 /// Largest frame or message a client may send (requests are tiny).
@@ -113,19 +130,31 @@ pub const MAX_FRAME: usize = 4 * 1024;
 /// connection's memory); client requests are a few hundred bytes, and a
 /// larger frame still arrives, only in more reads.
 const READ_BUFFER: usize = 1024;
+/// Most bytes tungstenite may hold for a client that does not read. Pushes
+/// wait for the socket anyway (each send is flushed); what builds up is
+/// the pongs tungstenite writes by itself for each ping it reads, which
+/// without a cap grow without limit when the client never reads. Past the
+/// cap the latest pong replaces the one waiting (RFC 6455 allows answering
+/// only the last ping).
+pub const MAX_WRITE_BUFFER: usize = 16 * 1024;
+
+/// tungstenite's settings for a client socket: small buffers, capped ones.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        // Write each push as it comes: they are small, and latency counts.
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+}
 
 impl Gateway {
     /// Finishes a WebSocket upgrade the HTTP layer accepted (it answered
     /// `101 Switching Protocols`): once the connection is handed over, it
     /// gets its connection actor. Runs in its own task, so the response is
     /// sent first.
-    pub fn upgrade(
-        &self,
-        on_upgrade: warp::hyper::upgrade::OnUpgrade,
-        principal: Principal,
-        token: String,
-        initial: Option<ClientMessage>,
-    ) {
+    pub fn upgrade(&self, on_upgrade: warp::hyper::upgrade::OnUpgrade, admission: Admission) {
         let gateway = self.clone();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -135,38 +164,35 @@ impl Gateway {
                     return;
                 }
             };
-            let config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER)
-                // Write each push as it comes: they are small, and latency counts.
-                .write_buffer_size(0)
-                .max_message_size(Some(MAX_FRAME))
-                .max_frame_size(Some(MAX_FRAME));
+            let io: Box<dyn connection::Io> = Box::new(hyper_util::rt::TokioIo::new(upgraded));
             let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                hyper_util::rt::TokioIo::new(upgraded),
+                io,
                 Role::Server,
-                Some(config),
+                Some(socket_config()),
             )
             .await;
-            gateway.open(socket, principal, token, initial);
+            gateway.open(socket, admission);
         });
     }
 
-    /// Gives an upgraded socket of `principal` its connection actor, with
-    /// an optional first request.
-    fn open(
-        &self,
-        socket: WebSocket,
-        principal: Principal,
-        token: String,
-        initial: Option<ClientMessage>,
-    ) {
+    /// A slot for one more connection of `subject`, or `None` when it has
+    /// as many open as the policy allows ([`Gateway::per_subject`]).
+    pub fn reserve(&self, subject: &str) -> Option<SubjectSlot> {
+        self.slots.reserve(subject)
+    }
+
+    /// Connections one subject may have open at once.
+    pub fn per_subject(&self) -> usize {
+        self.slots.limit()
+    }
+
+    /// Gives an upgraded socket its connection actor.
+    fn open(&self, socket: WebSocket, admission: Admission) {
         if self
             .connections
             .send_message(ConnectionsMsg::Open {
                 socket: Box::new(socket),
-                principal,
-                token,
-                initial,
+                admission: Box::new(admission),
             })
             .is_err()
         {
@@ -272,6 +298,10 @@ pub async fn start(infra: &Infra, config: &GatewayConfig) -> Result<GatewayServi
     .await?;
     Ok(GatewayService {
         service,
-        gateway: Gateway { hub, connections },
+        gateway: Gateway {
+            hub,
+            connections,
+            slots: SubjectSlots::new(config.policy.per_subject),
+        },
     })
 }

@@ -37,6 +37,12 @@ pub enum ClientMessage {
         #[serde(default)]
         scope: Option<Scope>,
     },
+    /// Extend the session with a fresh token of the same subject and role,
+    /// before the current one expires (else the server closes with 4001).
+    Refresh {
+        /// The fresh bearer token.
+        token: BearerToken,
+    },
     /// Stop following an order or a scope.
     Unsubscribe {
         /// The order.
@@ -46,6 +52,17 @@ pub enum ClientMessage {
         #[serde(default)]
         scope: Option<Scope>,
     },
+}
+
+/// A bearer token sent in a message: a credential, so never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct BearerToken(pub String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
 }
 
 /// What the gateway sends.
@@ -91,6 +108,12 @@ pub enum ServerMessage {
         /// The scope.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<Scope>,
+    },
+    /// A `refresh` was accepted: the session now ends at `ends_at` (the
+    /// fresh token's expiry plus the leeway).
+    Refreshed {
+        /// When the server will close the session with 4001.
+        ends_at: DateTime<Utc>,
     },
     /// A request was refused; the connection stays open.
     Error {
@@ -142,7 +165,17 @@ mod tests {
                 scope: Some(Scope::Mine)
             }
         );
+        let refresh: ClientMessage =
+            serde_json::from_str(r#"{"type":"refresh","token":"abc.def.ghi"}"#).unwrap();
+        assert_eq!(
+            refresh,
+            ClientMessage::Refresh {
+                token: BearerToken("abc.def.ghi".into())
+            }
+        );
+        assert!(!format!("{refresh:?}").contains("abc.def.ghi"));
         for bad in [
+            r#"{"type":"refresh"}"#,
             r#"{"type":"dance"}"#,
             r#"{"type":"subscribe","order_id":"nope"}"#,
             r#"{"type":"subscribe","scope":"everyone"}"#,

@@ -5,7 +5,8 @@
 //! [`WsConnection`]: super::connection::WsConnection
 
 use super::connection::{
-    send, ConnectionHandle, ConnectionMsg, ConnectionState, MAX_REMEMBERED, MAX_SUBSCRIPTIONS,
+    arm_expiry, send, ConnectionHandle, ConnectionMsg, ConnectionState, LOOKUPS_AT_ONCE,
+    MAX_REMEMBERED, MAX_SUBSCRIPTIONS,
 };
 use super::hub::{HubMsg, StatusUpdate, Topic};
 use super::orders::{Known, LookupError};
@@ -28,6 +29,16 @@ pub(super) async fn request_received(
     request: ClientMessage,
 ) {
     let reply = match request {
+        ClientMessage::Subscribe {
+            order_id: Some(order_id),
+            last_seq: Some(after),
+            scope: None,
+        } if after < 0 => ServerMessage::error(
+            "bad_request",
+            // As `/ws?last_seq=` answers: sequence numbers start at 1.
+            format!("last_seq: {after} is not a number >= 0"),
+            Some(order_id),
+        ),
         ClientMessage::Subscribe {
             order_id: Some(order_id),
             last_seq,
@@ -53,23 +64,18 @@ pub(super) async fn request_received(
                     connection: handle_of(myself, state),
                     topic: Topic::Order(order_id),
                 });
-                let (lookup, principal, token, me) = (
-                    state.args.lookup.clone(),
-                    state.args.principal.clone(),
-                    state.args.token.clone(),
-                    myself.clone(),
-                );
-                tokio::spawn(async move {
-                    let result = lookup.get(order_id, &principal, &token, last_seq).await;
-                    let _ = me.send_message(ConnectionMsg::Looked {
-                        order_id,
-                        last_seq,
-                        result,
-                    });
-                });
+                if state.lookups.len() >= MAX_SUBSCRIPTIONS {
+                    // Entries of orders unsubscribed meanwhile: without this,
+                    // subscribing and unsubscribing in a loop would grow it.
+                    let pending = &state.pending;
+                    state.lookups.retain(|(id, _)| pending.contains_key(id));
+                }
+                state.lookups.push_back((order_id, last_seq));
+                start_lookups(myself, state);
                 return;
             }
         }
+        ClientMessage::Refresh { token } => refresh(myself, state, &token.0),
         ClientMessage::Subscribe {
             order_id: None,
             last_seq: None,
@@ -126,6 +132,60 @@ pub(super) async fn request_received(
         ),
     };
     send(myself, state, &reply).await;
+}
+
+/// Starts waiting lookups while fewer than [`LOOKUPS_AT_ONCE`] run; each
+/// answers with [`ConnectionMsg::Looked`].
+pub(super) fn start_lookups(myself: &ActorRef<ConnectionMsg>, state: &mut ConnectionState) {
+    while state.looking < LOOKUPS_AT_ONCE {
+        let Some((order_id, last_seq)) = state.lookups.pop_front() else {
+            return;
+        };
+        if !state.pending.contains_key(&order_id) {
+            continue; // unsubscribed meanwhile
+        }
+        state.looking += 1;
+        let (lookup, principal, token, me) = (
+            state.args.lookup.clone(),
+            state.args.principal.clone(),
+            state.args.token.clone(),
+            myself.clone(),
+        );
+        tokio::spawn(async move {
+            let result = lookup.get(order_id, &principal, &token, last_seq).await;
+            let _ = me.send_message(ConnectionMsg::Looked {
+                order_id,
+                last_seq,
+                result,
+            });
+        });
+    }
+}
+
+/// A fresh token extends the session, if it is valid and of the same
+/// subject and role; otherwise the session keeps its end.
+fn refresh(
+    myself: &ActorRef<ConnectionMsg>,
+    state: &mut ConnectionState,
+    token: &str,
+) -> ServerMessage {
+    let fresh = match state.args.verifier.verify(token) {
+        Ok(fresh) => fresh,
+        Err(reason) => return ServerMessage::error("unauthorized", reason, None),
+    };
+    if fresh.principal != state.args.principal {
+        return ServerMessage::error(
+            "forbidden",
+            "a fresh token must be of the connection's subject and role",
+            None,
+        );
+    }
+    state.session_end = tokio::time::Instant::now() + fresh.remaining();
+    state.args.token = fresh.token;
+    arm_expiry(myself, state);
+    ServerMessage::Refreshed {
+        ends_at: fresh.ends_at.into(),
+    }
 }
 
 /// The hub topic of a scope, if the caller may follow it.

@@ -10,6 +10,17 @@ use uuid::Uuid;
 pub const MAX_LINES: usize = 50;
 /// Most units of one product in one order.
 pub const MAX_QUANTITY: i64 = 1000;
+/// Longest customer id, in bytes (a token's `sub` longer than this is
+/// refused at authentication, as it could never own an order).
+pub const MAX_CUSTOMER_ID_LEN: usize = 128;
+
+/// Whether `id` (already trimmed) can be a customer id: 1 to
+/// [`MAX_CUSTOMER_ID_LEN`] bytes and no control characters. Control
+/// characters have no place in an id, and Postgres refuses NUL in text
+/// (without this check a NUL was a 503).
+pub fn is_valid_customer_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_CUSTOMER_ID_LEN && !id.chars().any(char::is_control)
+}
 
 /// Body of `POST /orders`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -73,14 +84,11 @@ impl PlaceOrder {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        // Control characters have no place in an id, and Postgres refuses
-        // NUL in text: without this check it was a 503, not a 422.
-        if customer_id.is_empty()
-            || customer_id.len() > 128
-            || customer_id.chars().any(char::is_control)
-        {
+        if !is_valid_customer_id(&customer_id) {
             return Err(
-                "customer_id must be 1 to 128 characters, none of them control characters".into(),
+                format!(
+                    "customer_id must be 1 to {MAX_CUSTOMER_ID_LEN} bytes, none of them control characters"
+                ),
             );
         }
         if self.items.is_empty() {
