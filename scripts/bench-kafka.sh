@@ -15,7 +15,13 @@
 # open-loop rates of every setup (default "500 1000"), BENCH_MAX_<setup> (its
 # name with _ for -, e.g. BENCH_MAX_aio_kafka) more rates for that setup only,
 # tried towards its maximum, and BENCH_DURATION each run's length in seconds
-# (default 30s). Every run uses the confirm-only mix.
+# (default 30s). Every run uses the confirm-only mix. BENCH_WARMUP is the
+# unrecorded warm-up at 200/s before a setup's first run (default 10s: too
+# short for the JVM's compiler; 60s warms it). BENCH_PERF=1 also samples
+# the platform's processes and Postgres's (`perf record`, 499 Hz) through the
+# second quarter of every run and writes, beside its JSON, where their CPU
+# goes: by thread and library (<run>.<shop|postgres>.perf-dso.txt) and the
+# hottest symbols (<run>.<shop|postgres>.perf-symbols.txt).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,7 +31,13 @@ kafka=${BENCH_KAFKA:-127.0.0.1:9092}
 setups=${BENCH_SETUPS:-aio-embedded aio-kafka four-embedded four-kafka}
 rates=${BENCH_RATES:-500 1000}
 duration=${BENCH_DURATION:-30s}
+warmup=${BENCH_WARMUP:-10s}
+perf_on=${BENCH_PERF:-0}
 [[ $duration =~ ^[0-9]+s$ ]] || { echo "BENCH_DURATION must be whole seconds, e.g. 30s" >&2; exit 2; }
+[[ $warmup =~ ^[0-9]+s$ ]] || { echo "BENCH_WARMUP must be whole seconds, e.g. 60s" >&2; exit 2; }
+if [[ $perf_on == 1 ]] && ! command -v perf > /dev/null; then
+  echo "BENCH_PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 2
+fi
 pg=postgres://postgres@127.0.0.1:5432
 hz=$(getconf CLK_TCK)
 mkdir -p "$out"
@@ -102,7 +114,7 @@ run_setup() {
   local client=(--order-url http://127.0.0.1:18080 --product-url http://127.0.0.1:18081
     --gateway-url ws://127.0.0.1:18083 --mix confirm=100 --quiet)
   # Warm-up (the JVM's compiler, the pools, the caches); not recorded.
-  "$shop" loadgen "${client[@]}" --rate 200 --duration 10s > "$out/$setup-warmup.txt" 2>&1
+  "$shop" loadgen "${client[@]}" --rate 200 --duration "$warmup" > "$out/$setup-warmup.txt" 2>&1
   var=BENCH_MAX_${setup//-/_}
   extra_rates=${!var:-}
   for rate in $rates $extra_rates; do
@@ -122,8 +134,21 @@ run_one() {
   "$shop" loadgen "$@" --rate "$rate" --duration "$duration" --out "$out/$label.json" \
     > "$out/$label.txt" 2>&1 &
   local harness=$!
-  # RSS mid-run, when the pools and queues are at their working size.
-  sleep "$(( ${duration%s} / 2 ))"
+  # RSS mid-run, when the pools and queues are at their working size; the
+  # profile over the second quarter, once the run is in its stride.
+  local quarter=$(( ${duration%s} / 4 ))
+  if [[ $perf_on == 1 ]] && ((quarter > 0)); then
+    sleep "$quarter"
+    perf record -q -F 499 -p "$(IFS=,; echo "${pids[*]}")" -o "$out/$label.shop.perf.data" \
+      -- sleep "$quarter" 2> /dev/null &
+    local perf_shop=$!
+    perf record -q -F 499 -p "$(pgrep -d, -x postgres)" -o "$out/$label.postgres.perf.data" \
+      -- sleep "$quarter" 2> /dev/null
+    wait "$perf_shop" || true
+    sleep "$(( ${duration%s} / 2 - 2 * quarter ))"
+  else
+    sleep "$(( ${duration%s} / 2 ))"
+  fi
   for i in "${!pids[@]}"; do rss+=("${names[$i]}=$(rss_mib "${pids[$i]}")"); done
   [[ -n $broker_pid ]] && rss+=("broker=$(rss_mib "$broker_pid")")
   wait "$harness" || echo "$label: the harness exited with $?" >&2
@@ -133,6 +158,19 @@ run_one() {
   echo "$label cpu_s shop=$(secs $((after_shop - before_shop))) postgres=$(secs $((after_pg - before_pg))) broker=$(secs $((after_broker - before_broker))) rss_mib ${rss[*]}" \
     | tee -a "$out/summary.txt"
   grep -E 'throughput|latency|errors|orders' "$out/$label.txt" | sed "s/^/  /" | tee -a "$out/summary.txt"
+  local who data
+  for who in shop postgres; do
+    data=$out/$label.$who.perf.data
+    [[ -f $data ]] || continue
+    # sed, not head: under pipefail a reader that stops early fails the
+    # writer with SIGPIPE.
+    perf report -i "$data" --sort comm,dso --stdio 2> /dev/null \
+      | sed -e '/^#/d' -e '/^$/d' -e 's/ *$//' | sed -n '1,40p' > "$out/$label.$who.perf-dso.txt"
+    perf report -i "$data" --sort symbol --stdio 2> /dev/null \
+      | sed -e '/^#/d' -e '/^$/d' -e 's/[ -]*$//' | cut -c1-160 | sed -n '1,80p' \
+      > "$out/$label.$who.perf-symbols.txt"
+    rm -f "$data"
+  done
 }
 
 pgbench_run() {
