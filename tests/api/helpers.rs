@@ -98,6 +98,18 @@ impl TestBroker {
         }
     }
 
+    /// Takes the embedded broker down (connections refused) or brings it
+    /// back; `false` on an external broker, which a test cannot stop.
+    pub fn set_up(&self, up: bool) -> bool {
+        match &self.embedded {
+            Some(broker) => {
+                broker.set_broker_up(up).expect("embedded broker answers");
+                true
+            }
+            None => false,
+        }
+    }
+
     /// What to give [`Options::kafka`].
     pub fn target(&self) -> KafkaTarget {
         self.target.clone()

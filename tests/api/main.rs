@@ -17,6 +17,7 @@ mod idempotency;
 mod loadgen;
 mod openapi;
 mod order_history;
+mod outbox;
 mod placement;
 mod redelivery;
 mod redis_outage;
