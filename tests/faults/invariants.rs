@@ -60,8 +60,10 @@ pub struct Context<'a> {
     pub products: &'a [Product],
     /// Process logs, for evidence.
     pub logs: &'a LogDir,
-    /// Lowest stock any sample saw during the run.
-    pub lowest_stock_seen: i64,
+    /// Lowest stock any sample saw during the run (`None`: no sample read).
+    pub lowest_stock_seen: Option<i64>,
+    /// Stock samples that failed.
+    pub stock_samples_failed: u64,
 }
 
 impl Context<'_> {
@@ -234,17 +236,20 @@ async fn no_negative_stock(db: &Client, cx: &Context<'_>) -> Result<String, Stri
         .iter()
         .map(|r| format!("product {} at {}", r.get::<_, Uuid>(0), r.get::<_, i32>(1)))
         .collect();
-    if negative.is_empty() && cx.lowest_stock_seen >= 0 {
-        Ok(format!(
-            "lowest stock sampled during the run: {}",
-            cx.lowest_stock_seen
-        ))
-    } else {
-        Err(format!(
-            "negative now: [{}]; lowest sampled during the run: {}",
-            negative.join(", "),
-            cx.lowest_stock_seen
-        ))
+    let failed = cx.stock_samples_failed;
+    match cx.lowest_stock_seen {
+        None => Err(format!(
+            "no stock sample was read during the run ({failed} failed): nothing shows the stock \
+             stayed >= 0; negative now: [{}]",
+            negative.join(", ")
+        )),
+        Some(lowest) if negative.is_empty() && lowest >= 0 => Ok(format!(
+            "lowest stock sampled during the run: {lowest} ({failed} samples failed)"
+        )),
+        Some(lowest) => Err(format!(
+            "negative now: [{}]; lowest sampled during the run: {lowest}",
+            negative.join(", ")
+        )),
     }
 }
 

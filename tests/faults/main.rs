@@ -318,6 +318,7 @@ async fn run(logs: &LogDir, shop: &ShopBinary, database: &TestDatabase) -> Repor
         products: &products,
         logs,
         lowest_stock_seen: sampler.lowest(),
+        stock_samples_failed: sampler.failed(),
     };
     invariants::check_all(&db, &context, &mut report).await;
     report.record(

@@ -5,7 +5,7 @@
 use crate::processes::LogDir;
 use crate::workload::Product;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -14,6 +14,9 @@ use uuid::Uuid;
 /// Samples the lowest stock of `products` until dropped.
 pub struct StockSampler {
     lowest: Arc<AtomicI64>,
+    /// Samples read, and samples that failed (a query error, or no row).
+    read: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -22,29 +25,47 @@ impl StockSampler {
     pub fn start(db: Client, products: &[Product]) -> Self {
         let ids: Vec<Uuid> = products.iter().map(|p| p.id).collect();
         let lowest = Arc::new(AtomicI64::new(i64::MAX));
-        let seen = lowest.clone();
+        let (read, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (seen, counted, missed) = (lowest.clone(), read.clone(), failed.clone());
         let task = tokio::spawn(async move {
             loop {
-                if let Ok(row) = db
+                let sample = db
                     .query_one(
                         "SELECT min(stock)::bigint FROM product.products WHERE id = ANY($1)",
                         &[&ids],
                     )
                     .await
-                {
-                    if let Some(min) = row.get::<_, Option<i64>>(0) {
+                    .ok()
+                    .and_then(|row| row.get::<_, Option<i64>>(0));
+                match sample {
+                    Some(min) => {
                         seen.fetch_min(min, Ordering::Relaxed);
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        missed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Self { lowest, task }
+        Self {
+            lowest,
+            read,
+            failed,
+            task,
+        }
     }
 
-    /// The lowest stock seen so far.
-    pub fn lowest(&self) -> i64 {
-        self.lowest.load(Ordering::Relaxed)
+    /// The lowest stock seen so far; `None` if no sample was read, which
+    /// proves nothing about the stock.
+    pub fn lowest(&self) -> Option<i64> {
+        (self.read.load(Ordering::Relaxed) > 0).then(|| self.lowest.load(Ordering::Relaxed))
+    }
+
+    /// Samples that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 }
 
