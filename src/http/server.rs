@@ -89,11 +89,6 @@ impl Connections {
             max,
         }
     }
-
-    /// How many connections may be served at once.
-    pub fn max(&self) -> usize {
-        self.max
-    }
 }
 
 /// The soft limit on this process's open descriptors, where the system says.

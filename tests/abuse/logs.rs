@@ -1,19 +1,11 @@
 //! What the real binary logs while clients misbehave: no configured secret
 //! at any level, and no WARN for a client's mistake.
 
-use crate::helpers::{token, JWT_SECRET};
+use crate::helpers::{free_port, postgres_base, token, JWT_SECRET};
 use shop::auth::Role;
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `shop all` with JSON logs at `rust_log`, `database_url` as its database,
 /// run until it has answered `requests` (method, path, token) on the order
@@ -117,21 +109,8 @@ async fn run_shop(
     assert!(exit.success(), "{exit}");
     let text = std::fs::read_to_string(&log_path).unwrap();
     let _ = std::fs::remove_file(&log_path);
-    drop_database(&db_name).await;
+    let _ = shop_actors::db::drop_database(&format!("{}/{db_name}", postgres_base())).await;
     text
-}
-
-async fn drop_database(name: &str) {
-    let base = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let (db, connection) =
-        tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let _ = db
-        .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
-        .await;
 }
 
 /// Requests a careless client sends: refused, one way or another.
@@ -151,8 +130,7 @@ fn careless_requests() -> Vec<(&'static str, &'static str, Option<String>)> {
 
 #[tokio::test]
 async fn no_configured_secret_is_logged_at_any_level() {
-    let base = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let base = postgres_base();
     // Trust authentication ignores the password; the logs must not show it.
     let password = format!("db-password-{}", Uuid::new_v4().simple());
     let url = format!("{base}/{{db}}?password={password}");
@@ -174,8 +152,7 @@ async fn no_configured_secret_is_logged_at_any_level() {
 
 #[tokio::test]
 async fn a_clients_mistakes_log_no_warning() {
-    let base = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let base = postgres_base();
     let log = run_shop(
         shop::telemetry::DEFAULT_FILTER,
         &format!("{base}/{{db}}"),

@@ -1,6 +1,6 @@
 //! Abuse of the gateway's WebSockets: ping and frame floods from clients that never read, oversized frames, expiring tokens, per-subject caps.
 
-use crate::helpers::{spawn_app, statuses, token, TestApp, JWT_SECRET};
+use crate::helpers::{spawn_app, statuses, token, websocket_upgrade, TestApp, JWT_SECRET};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use shop::auth::{Authenticator, Role};
@@ -86,34 +86,14 @@ async fn a_normal_client_still_gets_its_order(app: &TestApp, customer: &str) {
     assert_eq!(statuses(&updates).last(), Some(&"CONFIRMED"));
 }
 
-#[tokio::test]
-async fn a_ping_flood_from_a_client_that_never_reads_is_closed_with_1008_in_bounded_memory() {
+/// A client that never reads sends `frame` up to a million times: the
+/// gateway stops taking them, closes it with 1008, grows by less than
+/// [`MAX_GROWTH_KIB`], and still serves another customer.
+async fn a_flood_is_closed_with_1008_in_bounded_memory(frame: Message) {
     let app = spawn_app().await;
     let mut flooder = raw_client(&app, &token("mallory", Role::Customer)).await;
     let before = rss_kib();
-    let ping = Message::Ping(vec![7u8; 125].into());
-    let sent = flood(&mut flooder, ping, 1_000_000).await;
-    let grown = rss_kib().saturating_sub(before);
-    assert!(
-        grown < MAX_GROWTH_KIB,
-        "{sent} pings grew memory by {grown} KiB"
-    );
-    assert_eq!(
-        close_code(&mut flooder).await,
-        Some(CloseCode::Policy),
-        "after {sent} pings"
-    );
-    a_normal_client_still_gets_its_order(&app, "alice").await;
-    app.teardown().await;
-}
-
-#[tokio::test]
-async fn a_frame_flood_from_a_client_that_never_reads_is_closed_with_1008_in_bounded_memory() {
-    let app = spawn_app().await;
-    let mut flooder = raw_client(&app, &token("mallory", Role::Customer)).await;
-    let before = rss_kib();
-    let subscribe = Message::text(r#"{"type":"subscribe","scope":"stock"}"#);
-    let sent = flood(&mut flooder, subscribe, 1_000_000).await;
+    let sent = flood(&mut flooder, frame, 1_000_000).await;
     let grown = rss_kib().saturating_sub(before);
     assert!(
         grown < MAX_GROWTH_KIB,
@@ -126,6 +106,19 @@ async fn a_frame_flood_from_a_client_that_never_reads_is_closed_with_1008_in_bou
     );
     a_normal_client_still_gets_its_order(&app, "alice").await;
     app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_client_that_never_reads_is_closed_with_1008_in_bounded_memory() {
+    a_flood_is_closed_with_1008_in_bounded_memory(Message::Ping(vec![7u8; 125].into())).await;
+}
+
+#[tokio::test]
+async fn a_frame_flood_from_a_client_that_never_reads_is_closed_with_1008_in_bounded_memory() {
+    a_flood_is_closed_with_1008_in_bounded_memory(Message::text(
+        r#"{"type":"subscribe","scope":"stock"}"#,
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -234,16 +227,14 @@ async fn a_subject_past_its_connection_cap_is_refused_with_a_json_429() {
     for _ in 0..32 {
         open.push(app.websocket_as("/ws", &carol).await);
     }
-    let refused = reqwest::Client::new()
-        .get(format!("{}/ws", app.ws_url.replace("ws://", "http://")))
-        .bearer_auth(&carol)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let refused = websocket_upgrade(
+        &reqwest::Client::new(),
+        &format!("{}/ws", app.ws_url.replace("ws://", "http://")),
+    )
+    .bearer_auth(&carol)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(refused.status(), 429);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "too_many_connections");

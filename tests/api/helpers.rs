@@ -8,9 +8,29 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 /// Postgres server for tests (no database name).
-fn postgres_base() -> String {
+pub fn postgres_base() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A port free on loopback now (a process started next may bind it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A WebSocket upgrade request to `url` (`http://…/ws…`) sent as a plain
+/// HTTP request, so that a test can read a refusal's status and JSON body.
+pub fn websocket_upgrade(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    client
+        .get(url)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
 }
 
 /// The shared secret every test platform verifies tokens with, so that

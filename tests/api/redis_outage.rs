@@ -2,7 +2,7 @@
 //! answering with the right data from Postgres, and the cache refills when
 //! it returns.
 
-use crate::helpers::{spawn_app_with, token, Options};
+use crate::helpers::{free_port, spawn_app_with, token, Options};
 use serde_json::{json, Value};
 use shop::auth::Role;
 use std::process::{Child, Command, Stdio};
@@ -61,14 +61,6 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Product cache entries (the catalogue and single products).

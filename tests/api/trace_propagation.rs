@@ -3,7 +3,7 @@
 //! configured, every service's spans of the order arrive at the collector
 //! as one connected trace, and the JSON logs carry the trace and order ids.
 
-use crate::helpers::{admin_client, admin_token, spawn_app, JWT_SECRET};
+use crate::helpers::{admin_client, admin_token, free_port, postgres_base, spawn_app, JWT_SECRET};
 use futures::StreamExt;
 use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
@@ -191,15 +191,6 @@ async fn fake_collector() -> (String, Arc<Mutex<Vec<Value>>>) {
     (format!("http://{address}"), received)
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An exported span, as much of it as the test looks at.
 #[derive(Debug, Clone)]
 struct Exported {
@@ -248,8 +239,7 @@ fn spans_of(exports: &[Value], trace_id: &str) -> Vec<Exported> {
 async fn with_an_otlp_endpoint_the_order_is_one_trace_across_every_service() {
     let (endpoint, received) = fake_collector().await;
     let db_name = format!("shop_test_{}", Uuid::new_v4().simple());
-    let postgres = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let postgres = postgres_base();
     let (order_port, product_port, payment_port, gateway_port) =
         (free_port(), free_port(), free_port(), free_port());
     let log_path = std::env::temp_dir().join(format!("{db_name}.log"));

@@ -1,6 +1,6 @@
 //! Status changes reach WebSocket clients in order.
 
-use crate::helpers::{spawn_app, spawn_app_with, statuses, Options};
+use crate::helpers::{spawn_app, spawn_app_with, statuses, websocket_upgrade, Options};
 use serde_json::json;
 use std::time::Duration;
 
@@ -84,19 +84,16 @@ async fn closed_connection_actor_is_cleaned_up() {
 #[tokio::test]
 async fn bad_websocket_query_is_a_json_400() {
     let app = spawn_app().await;
-    let response = app
-        .http
-        .get(format!(
+    let response = websocket_upgrade(
+        &app.http,
+        &format!(
             "{}/ws?order_id=nope",
             app.ws_url.replace("ws://", "http://")
-        ))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+        ),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_request");
