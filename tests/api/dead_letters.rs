@@ -2,10 +2,9 @@
 //! where they came from, without holding back anyone's order; once their
 //! cause is fixed, a replay sends them back, once.
 
-use crate::helpers::{spawn_app, TestApp};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use crate::helpers::{produce, reserve, spawn_app, TestApp};
 use serde_json::Value;
-use shop_actors::events::{topics, Envelope, Event, OrderLine, ReserveInventory};
+use shop_actors::events::{topics, Envelope};
 use shop_actors::kafka::dead_letters::{self, DeadLetter, Failure, Selection};
 use shop_actors::kafka::KafkaSettings;
 use std::time::Duration;
@@ -15,42 +14,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn kafka(app: &TestApp) -> KafkaSettings {
     app.kafka_settings()
-}
-
-/// Produces `payload` keyed by `key` straight onto `partition` of `topic`;
-/// returns where it landed.
-async fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    key: &str,
-    payload: &[u8],
-) -> (i32, i64) {
-    let delivery = producer
-        .send(
-            FutureRecord::to(topic)
-                .partition(partition)
-                .key(key)
-                .payload(payload),
-            TIMEOUT,
-        )
-        .await
-        .expect("produced");
-    (delivery.partition, delivery.offset)
-}
-
-/// A `ReserveInventory` command of `quantity` × `product` for `order_id`.
-fn reserve(order_id: Uuid, product: Uuid, quantity: i32) -> Envelope {
-    Envelope::new(
-        order_id,
-        Uuid::new_v4(),
-        Event::ReserveInventory(ReserveInventory {
-            items: vec![OrderLine {
-                product_id: product,
-                quantity,
-            }],
-        }),
-    )
 }
 
 /// `envelope`'s wire JSON with `field` set to `value`.

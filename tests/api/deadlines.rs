@@ -82,27 +82,74 @@ async fn payment_timeout_releases_stock_and_voids_the_late_authorization() {
 
 #[tokio::test]
 async fn deadline_persists_across_a_restart() {
+    // The payment never answers in time; the platform is down when the
+    // stored deadline passes. If a restart armed a fresh deadline instead
+    // of the stored one, the order would time out a whole step timeout
+    // after the restart, not at once.
+    const STEP_TIMEOUT: Duration = Duration::from_secs(15);
     let options = || Options {
-        payment_latency_ms: 60_000,
-        saga_step_timeout_ms: 4_000,
+        payment_latency_ms: 120_000,
+        saga_step_timeout_ms: STEP_TIMEOUT.as_millis() as u64,
         ..Options::default()
     };
     let app = spawn_app_with(options()).await;
     let product = app.create_product(5).await;
     let order_id = app.order(product, 1, "tok_visa").await;
-    // Stop everything while the payment is outstanding.
+    // Waiting for the payment: the deadline is the payment step's.
+    wait_for(
+        &app.db,
+        "SELECT status FROM orders.orders WHERE id = $1",
+        order_id,
+        "INVENTORY_RESERVED",
+    )
+    .await;
+    let deadline: chrono::DateTime<chrono::Utc> = app
+        .db
+        .query_one(
+            "SELECT deadline_at FROM orders.orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let db_name = app.stop_keeping_data().await;
+    // Stay stopped until the stored deadline has passed.
+    let overdue = (deadline - chrono::Utc::now() + chrono::Duration::milliseconds(500))
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(overdue).await;
     let app = spawn_app_with(Options {
         db_name: Some(db_name),
         ..options()
     })
     .await;
-    // The resumed saga honours the deadline stored before the restart.
+    // A third of a step timeout: far less than a fresh deadline would take.
+    let bound = tokio::time::Instant::now() + STEP_TIMEOUT / 3;
+    loop {
+        let reason: Option<String> = app
+            .db
+            .query_one(
+                "SELECT reason FROM orders.orders WHERE id = $1",
+                &[&order_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if reason.as_deref() == Some("TIMEOUT") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < bound,
+            "the overdue saga did not time out within {:?} of the restart: it was given a fresh deadline",
+            STEP_TIMEOUT / 3
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let order = app.wait_terminal(order_id).await;
     assert_eq!(order["status"], "REJECTED");
     assert_eq!(order["reason"], "TIMEOUT");
-    // Whether the reservation happened before the restart or not, nothing
-    // stays held: the release leaves a tombstone that refuses a late one.
+    // The reservation made before the restart is released: the release
+    // leaves a tombstone that refuses a late one, and the stock is back.
     wait_for(
         &app.db,
         "SELECT reason FROM product.released_orders WHERE order_id = $1",
@@ -208,6 +255,58 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
         .unwrap()
         .get(0);
     assert_eq!(tombstones, 1);
+
+    // A reservation for the released order that arrives now (late, or
+    // replayed) takes nothing.
+    let product = product_app.create_product(5).await;
+    let late = crate::helpers::reserve(order_id, product, 2);
+    let settings = product_app.kafka_settings();
+    let producer = settings.producer().unwrap();
+    crate::helpers::produce(
+        &producer,
+        &settings.topic(shop_actors::events::topics::INVENTORY_COMMANDS),
+        0,
+        &order_id.to_string(),
+        &late.encode(),
+    )
+    .await;
+    // Handled once its id is in the product service's inbox: the stock
+    // is read after that, in the same state the command left it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let handled: i64 = order_app
+            .db
+            .query_one(
+                "SELECT count(*) FROM product.processed_events WHERE event_id = $1",
+                &[&late.event_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if handled == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late reservation was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        product_app.stock(product).await,
+        5,
+        "a late reservation took stock"
+    );
+    let held: i64 = order_app
+        .db
+        .query_one(
+            "SELECT count(*) FROM product.reservations WHERE order_id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "a late reservation was recorded");
     product_app.stop_keeping_data().await;
     order_app.teardown().await;
     broker.teardown().await;

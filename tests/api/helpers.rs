@@ -650,6 +650,42 @@ pub fn admin_client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Produces `payload` keyed by `key` straight onto `partition` of `topic`;
+/// returns where it landed.
+pub async fn produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    payload: &[u8],
+) -> (i32, i64) {
+    let delivery = producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+    (delivery.partition, delivery.offset)
+}
+
+/// A `ReserveInventory` command of `quantity` × `product` for `order_id`.
+pub fn reserve(order_id: Uuid, product: Uuid, quantity: i32) -> shop_actors::events::Envelope {
+    shop_actors::events::Envelope::new(
+        order_id,
+        Uuid::new_v4(),
+        shop_actors::events::Event::ReserveInventory(shop_actors::events::ReserveInventory {
+            items: vec![shop_actors::events::OrderLine {
+                product_id: product,
+                quantity,
+            }],
+        }),
+    )
+}
+
 /// A consumer (of no group) assigned every partition of every topic of
 /// `kafka` from the beginning, and how many messages there are to read: to
 /// check what was published.

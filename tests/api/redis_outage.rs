@@ -176,3 +176,154 @@ async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() 
     }
     app.teardown().await;
 }
+
+/// A TCP proxy in front of a Redis that can be cut: while cut, every
+/// connection through it is dropped and new ones are closed at once, so
+/// the platform finds Redis unreachable while Redis itself keeps its data,
+/// and nothing the platform sent during the cut reaches it later.
+struct CuttableProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acceptor = tokio::spawn({
+            let (cut, links) = (cut.clone(), links.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            }
+        });
+        Self {
+            port,
+            cut,
+            links,
+            acceptor,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.acceptor.abort();
+    }
+}
+
+/// The cached copy of one product, read straight from Redis.
+async fn cached_stock(url: &str, prefix: &str, product: uuid::Uuid) -> Option<i64> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entry: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}:product:{product}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    entry.map(|json| {
+        serde_json::from_str::<Value>(&json).unwrap()["stock"]
+            .as_i64()
+            .unwrap()
+    })
+}
+
+#[tokio::test]
+async fn entries_that_went_stale_while_redis_was_unreachable_are_never_served() {
+    let redis = PrivateRedis::start(free_port());
+    let proxy = CuttableProxy::start(redis.port).await;
+    let app = spawn_app_with(Options {
+        redis_url: Some(proxy.url()),
+        ..Options::default()
+    })
+    .await;
+    let product = app.create_product(10).await;
+    let url = format!("{}/products/{product}", app.product_url);
+    let read_stock = || async {
+        let response = app.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["stock"]
+            .as_i64()
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cached_stock(&redis.url(), &app.db_name, product).await != Some(10) {
+        assert_eq!(read_stock().await, 10);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reads fill the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Unreachable, not empty: the stock changes while the cached copy stays.
+    proxy.cut();
+    let changed = app
+        .http
+        .put(format!("{url}/stock"))
+        .bearer_auth(crate::helpers::admin_token())
+        .json(&json!({"stock": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200, "{}", changed.text().await.unwrap());
+    assert_eq!(read_stock().await, 4);
+    assert_eq!(
+        cached_stock(&redis.url(), &app.db_name, product).await,
+        Some(10),
+        "Redis still holds the entry from before the change"
+    );
+
+    // Redis is reachable again with that stale entry (its TTL is 30 s, far
+    // beyond this test): no read may serve it, and once the cache is used
+    // again it holds the new figure.
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(read_stock().await, 4, "a stale cache entry was served");
+        if cached_stock(&redis.url(), &app.db_name, product).await == Some(4) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cache was never used again after Redis returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(read_stock().await, 4);
+    }
+    app.teardown().await;
+}
