@@ -296,6 +296,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// [`Settings`] alone, as a command of its own: to parse or inspect them
+/// without the CLI's subcommands.
+#[derive(clap::Parser)]
+struct Only {
+    #[command(flatten)]
+    settings: Settings,
+}
+
 impl Settings {
     /// What each HTTP server allows one connection.
     pub fn http_limits(&self) -> crate::http::server::Limits {
@@ -307,26 +315,19 @@ impl Settings {
     }
 
     /// The defaults, as if no flag or variable were set (for tests and tools).
+    ///
+    /// Every argument's environment variable is unset for this parse, so a
+    /// stray `KAFKA_BROKERS` or `SAGA_STEP_TIMEOUT_MS` in the caller's
+    /// environment changes nothing.
     pub fn defaults() -> Self {
-        #[derive(clap::Parser)]
-        struct Only {
-            #[command(flatten)]
-            settings: Settings,
-        }
-        let mut settings = <Only as clap::Parser>::parse_from(["shop"]).settings;
-        // Ignore the environment: defaults are defaults.
-        settings.kafka_brokers = None;
-        settings.product_url = None;
-        settings.order_url = None;
-        settings.public_product_url = None;
-        settings.public_order_url = None;
-        settings.database_url = "postgres://postgres@127.0.0.1:5432/shop".into();
-        settings.redis_url = "redis://127.0.0.1:6379".into();
-        settings.redis_prefix = "shop".into();
-        settings.jwt_secret = None;
-        settings.jwt_public_key_file = None;
-        settings.jwt_dev_secret_file = None;
-        settings
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Only::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["shop"])
+            .expect("every setting has a default");
+        Only::from_arg_matches(&matches)
+            .expect("the defaults parse")
+            .settings
     }
 
     /// Where development mode keeps its generated JWT secret.
@@ -526,18 +527,105 @@ mod tests {
         );
     }
 
+    /// The README's configuration table: each row's variables and its
+    /// default column.
+    fn readme_settings() -> Vec<(Vec<String>, String)> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| variable | default | meaning |")
+            .nth(1)
+            .expect("the README has its settings table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let variables = cells[1]
+                    .split(',')
+                    .map(|v| v.trim().trim_matches('`').to_owned())
+                    .collect();
+                (variables, cells[2].to_owned())
+            })
+            .collect()
+    }
+
     #[test]
     fn defaults_match_the_readme() {
+        use clap::CommandFactory;
+        let readme = readme_settings();
+        let documented = |env: &str| {
+            readme
+                .iter()
+                .find(|(variables, _)| variables.iter().any(|v| v == env))
+                .map(|(_, default)| default.clone())
+        };
+        let command = Only::command();
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            let default: Vec<_> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let Some(readme_default) = documented(env) else {
+                panic!("{env} is a setting the README's table does not list");
+            };
+            // A plain `value` is the default clap applies; `unset` and
+            // `empty` are no default; anything else (`2` with the embedded
+            // broker, else `6`) is decided in code and checked below.
+            let literal = readme_default
+                .strip_prefix('`')
+                .and_then(|d| d.strip_suffix('`'))
+                .filter(|d| !d.contains('`'));
+            match (literal, readme_default.as_str()) {
+                (Some(value), _) => {
+                    assert_eq!(default, [value], "{env}: the README says `{value}`");
+                    checked += 1;
+                }
+                (None, "unset" | "empty") => {
+                    assert!(
+                        default.is_empty() || default == [""],
+                        "{env}: the README says {readme_default}, the default is {default:?}"
+                    );
+                    checked += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(checked >= 30, "only {checked} defaults were compared");
+        // Rows whose variables are not settings are read elsewhere.
+        let settings: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env()?.to_str().map(str::to_owned))
+            .collect();
+        for (variables, _) in &readme {
+            for variable in variables {
+                assert!(
+                    settings.contains(variable)
+                        || variable == "RUST_LOG"
+                        || variable.starts_with("OTEL_"),
+                    "the README lists {variable}, which is not a setting"
+                );
+            }
+        }
+        // The defaults written in words, and what the code makes of them.
         let settings = Settings::defaults();
-        assert_eq!(settings.order_port, 8080);
-        assert_eq!(settings.product_port, 8081);
-        assert_eq!(settings.payment_port, 8082);
-        assert_eq!(settings.gateway_port, 8083);
+        assert_eq!(documented("ORDER_PORT").as_deref(), Some("`8080`–`8083`"));
+        assert_eq!(
+            [
+                settings.order_port,
+                settings.product_port,
+                settings.payment_port,
+                settings.gateway_port
+            ],
+            [8080, 8081, 8082, 8083]
+        );
         assert!(settings.kafka_brokers.is_none());
-        assert_eq!(settings.kafka_replication, 3);
         assert_eq!(settings.kafka_topic_prefix, "");
-        assert_eq!(settings.ws_max_frames_per_second, 100);
-        assert_eq!(settings.ws_max_connections_per_subject, 32);
     }
 
     #[test]

@@ -140,8 +140,24 @@ pub fn error_response(
 
 /// Turns any rejection into a JSON error response.
 pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, code, message) = classify(&rejection);
+    if status.is_client_error() {
+        tracing::debug!(%status, code, %message, "request refused");
+    }
+    let mut response = error_response(status, code, message);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            warp::http::header::WWW_AUTHENTICATE,
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    Ok(response)
+}
+
+/// The status, code and message a rejection is answered with.
+fn classify(rejection: &Rejection) -> (StatusCode, &'static str, String) {
     use warp::reject::*;
-    let (status, code, message) = if let Some(e) = rejection.find::<ApiError>() {
+    if let Some(e) = rejection.find::<ApiError>() {
         let (status, code) = e.status_and_code();
         if status.is_server_error() {
             tracing::warn!(%status, error = %e, "request failed");
@@ -205,16 +221,33 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
             "internal",
             "internal error".into(),
         )
-    };
-    if status.is_client_error() {
-        tracing::debug!(%status, code, %message, "request refused");
     }
-    let mut response = error_response(status, code, message);
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            warp::http::header::WWW_AUTHENTICATE,
-            warp::http::HeaderValue::from_static("Bearer"),
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rejection no route is meant to produce.
+    #[derive(Debug)]
+    struct Unforeseen;
+
+    impl warp::reject::Reject for Unforeseen {}
+
+    #[test]
+    fn a_rejection_nobody_foresaw_is_a_500_that_says_nothing_of_it() {
+        let (status, code, message) = classify(&warp::reject::custom(Unforeseen));
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(code, "internal");
+        assert_eq!(message, "internal error");
     }
-    Ok(response)
+
+    #[test]
+    fn an_api_error_keeps_its_own_status_and_code() {
+        let rejection = warp::reject::custom(ApiError::NotFound("no order 7".into()));
+        let (status, code, message) = classify(&rejection);
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(code, "not_found");
+        assert_eq!(message, "no order 7");
+    }
 }

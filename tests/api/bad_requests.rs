@@ -238,6 +238,26 @@ async fn unknown_resources_and_bad_queries_are_json_errors() {
     app.teardown().await;
 }
 
+/// Reads `product` until Redis holds a copy with `want` units; every read
+/// must answer `want`.
+async fn until_cached(app: &TestApp, product: uuid::Uuid, want: i64) {
+    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = format!("{}/products/{product}", app.product_url);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read: Value = app.get_json(&url).await;
+        assert_eq!(read["stock"], want, "a read after the change");
+        if crate::helpers::cached_stock(&redis, &app.db_name, product).await == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reads never cached stock {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn products_are_served_and_restocked_through_the_cache() {
     let app = spawn_app().await;
@@ -250,6 +270,8 @@ async fn products_are_served_and_restocked_through_the_cache() {
     let url = format!("{}/products/{id}", app.product_url);
     let first: Value = app.get_json(&url).await;
     assert_eq!(first["stock"], 3);
+    // Through the cache, not around it: the read left its copy in Redis.
+    until_cached(&app, id, 3).await;
     let restocked = app
         .http
         .put(format!("{url}/stock"))
@@ -260,6 +282,7 @@ async fn products_are_served_and_restocked_through_the_cache() {
     assert_eq!(restocked.status(), 200);
     let after: Value = app.get_json(&url).await;
     assert_eq!(after["stock"], 40, "cache invalidated on restock");
+    until_cached(&app, id, 40).await;
     // An order moves stock; the cached copy follows.
     let order_id = app.order(id, 4, "tok_visa").await;
     app.wait_terminal(order_id).await;
@@ -268,6 +291,29 @@ async fn products_are_served_and_restocked_through_the_cache() {
         after_order["stock"], 36,
         "cache invalidated when stock changes"
     );
+    until_cached(&app, id, 36).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_a_known_route_gets_a_json_405() {
+    let app = spawn_app().await;
+    for (method, url) in [
+        ("DELETE", format!("{}/orders", app.order_url)),
+        ("PATCH", format!("{}/products", app.product_url)),
+        (
+            "POST",
+            format!("{}/products/{}", app.product_url, uuid::Uuid::new_v4()),
+        ),
+    ] {
+        let response = app
+            .http
+            .request(method.parse().unwrap(), &url)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 405, "method_not_allowed").await;
+    }
     app.teardown().await;
 }
 

@@ -43,6 +43,41 @@ fn history(order: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Log output kept in memory, to read what was logged at which level.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// The lines that mention `order_id`.
+    fn lines_about(&self, order_id: Uuid) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(&order_id.to_string()))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn payment_timeout_releases_stock_and_voids_the_late_authorization() {
     // The processor answers after 15 s; the saga waits only 8 s. (Generous
@@ -173,6 +208,16 @@ async fn deadline_persists_across_a_restart() {
 
 #[tokio::test]
 async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
+    // What the platform logs from here on: the test's runtime has one
+    // thread, so every actor it starts logs through this subscriber.
+    let logged = Captured::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logged.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish(),
+    );
     // An order service with no product service: nobody acknowledges a release.
     let broker = TestBroker::start(3);
     let order_app = spawn_app_with(Options {
@@ -183,6 +228,11 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
         ..Options::default()
     })
     .await;
+    // The metrics registry is the process's, shared by every test running
+    // in it: the count is compared before and after, and no other test
+    // ends a saga FAILED (they all keep the default attempts and waits).
+    let failed_counter = "shop_saga_outcomes_total{status=\"FAILED\",reason=\"PAYMENT_DECLINED\"}";
+    let failed_before = crate::helpers::metric_value(&order_app.metrics().await, failed_counter);
     // An order whose payment was declined and whose stock must come back.
     let order_id = Uuid::now_v7();
     order_app
@@ -212,6 +262,19 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
         .unwrap()
         .get(0);
     assert_eq!(attempts, 3);
+    // Each attempt (SAGA_MAX_ATTEMPTS of them) is a warning; giving up is
+    // one error an operator sees.
+    let lines = logged.lines_about(order_id);
+    let resent = lines
+        .iter()
+        .filter(|l| l.contains(" WARN ") && l.contains("compensation not acknowledged yet"))
+        .count();
+    assert_eq!(resent, 3, "{lines:#?}");
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("ERROR") && l.contains("saga FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{lines:#?}");
     let stuck: Value = order_app
         .get_json(format!("{}/admin/sagas/stuck", order_app.order_url))
         .await;
@@ -220,11 +283,9 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
     assert_eq!(stuck["sagas"][0]["status"], "FAILED");
     // ... and counted, for alerting.
     let metrics = order_app.metrics().await;
-    assert!(
-        crate::helpers::metric_value(
-            &metrics,
-            "shop_saga_outcomes_total{status=\"FAILED\",reason=\"PAYMENT_DECLINED\"}"
-        ) >= 1.0,
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, failed_counter),
+        failed_before + 1.0,
         "{metrics}"
     );
 

@@ -686,6 +686,22 @@ pub fn reserve(order_id: Uuid, product: Uuid, quantity: i32) -> shop_actors::eve
     )
 }
 
+/// The cached copy of one product, read straight from Redis.
+pub async fn cached_stock(url: &str, prefix: &str, product: uuid::Uuid) -> Option<i64> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entry: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}:product:{product}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    entry.map(|json| {
+        serde_json::from_str::<Value>(&json).unwrap()["stock"]
+            .as_i64()
+            .unwrap()
+    })
+}
+
 /// A consumer (of no group) assigned every partition of every topic of
 /// `kafka` from the beginning, and how many messages there are to read: to
 /// check what was published.

@@ -3,7 +3,7 @@
 //! request still running gets 409; a failed request leaves its key usable;
 //! keys expire.
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Options, TestApp};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -170,8 +170,36 @@ async fn a_claim_whose_lock_lapsed_is_taken_over() {
 
 #[tokio::test]
 async fn an_expired_key_places_a_new_order() {
-    let app = spawn_app().await;
+    // A TTL no default has, so the stored expiry can only come from it.
+    let app = spawn_app_with(Options {
+        configure: Some(|settings| settings.idempotency_ttl_seconds = 4321),
+        ..Options::default()
+    })
+    .await;
+    let clock = || async {
+        let now: chrono::DateTime<chrono::Utc> =
+            app.db.query_one("SELECT now()", &[]).await.unwrap().get(0);
+        now
+    };
+    let before = clock().await;
     let (first, _, _) = accepted(place_with_key(&app, "old", &mugs(1)).await).await;
+    let after = clock().await;
+    let expires: chrono::DateTime<chrono::Utc> = app
+        .db
+        .query_one(
+            "SELECT expires_at FROM orders.idempotency_keys WHERE key = $1",
+            &[&stored("old")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ttl = chrono::Duration::seconds(4321);
+    let slack = chrono::Duration::seconds(1);
+    assert!(
+        before + ttl - slack <= expires && expires <= after + ttl + slack,
+        "stored expiry {expires} is not the request's time plus IDEMPOTENCY_TTL_SECONDS (between {before} and {after}, plus {ttl})"
+    );
+    // Past that expiry (moved, rather than waited for), the key is free.
     app.db
         .execute(
             "UPDATE orders.idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1",

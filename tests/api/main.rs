@@ -18,6 +18,7 @@ mod loadgen;
 mod openapi;
 mod order_history;
 mod outbox;
+mod payment;
 mod placement;
 mod redelivery;
 mod redis_outage;

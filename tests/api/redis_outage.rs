@@ -2,7 +2,7 @@
 //! answering with the right data from Postgres, and the cache refills when
 //! it returns.
 
-use crate::helpers::{free_port, spawn_app_with, token, Options};
+use crate::helpers::{cached_stock, free_port, spawn_app_with, token, Options};
 use serde_json::{json, Value};
 use shop::auth::Role;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +15,24 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    /// On a port free now, trying another if a process took it between
+    /// the check and redis-server's bind.
+    fn start_anywhere() -> Self {
+        for _ in 0..5 {
+            if let Some(redis) = Self::try_start(free_port()) {
+                return redis;
+            }
+        }
+        panic!("private redis did not start on any of 5 free ports");
+    }
+
+    /// On `port` again (a restart): it was this test's redis-server's.
     fn start(port: u16) -> Self {
+        Self::try_start(port).expect("private redis restarts on its port")
+    }
+
+    /// `None` if redis-server exits (its port was taken) before it answers.
+    fn try_start(port: u16) -> Option<Self> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -30,19 +47,27 @@ impl PrivateRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        let redis = Self {
+        let mut redis = Self {
             port,
             child: Some(child),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = redis
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() {
+                redis.child = None;
+                return None;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "private redis did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        redis
+        Some(redis)
     }
 
     fn stop(&mut self) {
@@ -81,8 +106,8 @@ async fn keys(url: &str, pattern: &str) -> usize {
 
 #[tokio::test]
 async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() {
-    let port = free_port();
-    let mut redis = PrivateRedis::start(port);
+    let mut redis = PrivateRedis::start_anywhere();
+    let port = redis.port;
     let app = spawn_app_with(Options {
         redis_url: Some(redis.url()),
         ..Options::default()
@@ -244,25 +269,9 @@ impl Drop for CuttableProxy {
     }
 }
 
-/// The cached copy of one product, read straight from Redis.
-async fn cached_stock(url: &str, prefix: &str, product: uuid::Uuid) -> Option<i64> {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let entry: Option<String> = redis::cmd("GET")
-        .arg(format!("{prefix}:product:{product}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    entry.map(|json| {
-        serde_json::from_str::<Value>(&json).unwrap()["stock"]
-            .as_i64()
-            .unwrap()
-    })
-}
-
 #[tokio::test]
 async fn entries_that_went_stale_while_redis_was_unreachable_are_never_served() {
-    let redis = PrivateRedis::start(free_port());
+    let redis = PrivateRedis::start_anywhere();
     let proxy = CuttableProxy::start(redis.port).await;
     let app = spawn_app_with(Options {
         redis_url: Some(proxy.url()),

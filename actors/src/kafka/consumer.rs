@@ -724,7 +724,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stopping_while_a_dead_letter_cannot_be_sent_leaves_the_offset_unstored() {
+    async fn stopping_while_a_dead_letter_cannot_be_sent_is_reported_as_stopped() {
         let cluster = MockCluster::new(1).unwrap();
         // No dead-letter topic, and the broker down: the send cannot succeed.
         cluster.broker_down(1).unwrap();
@@ -744,5 +744,97 @@ mod tests {
             "reported as stopped, so the caller stores nothing"
         );
         drop(stopper.await);
+    }
+
+    /// Refuses every batch as a transient failure, counting the calls.
+    struct AlwaysUnavailable(tokio::sync::watch::Sender<u32>);
+
+    impl EventHandler for AlwaysUnavailable {
+        async fn handle(&self, _batch: Vec<Envelope>) -> Result<(), HandlerError> {
+            self.0.send_modify(|calls| *calls += 1);
+            Err(HandlerError::Transient("postgres is down".into()))
+        }
+    }
+
+    /// Accepts every batch, passing on the event ids it saw.
+    struct Accepts(tokio::sync::mpsc::UnboundedSender<Uuid>);
+
+    impl EventHandler for Accepts {
+        async fn handle(&self, batch: Vec<Envelope>) -> Result<(), HandlerError> {
+            for envelope in batch {
+                let _ = self.0.send(envelope.event_id);
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_still_failing_when_the_consumer_stops_is_delivered_to_the_next_member() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster
+            .create_topic(topics::INVENTORY_COMMANDS, 1, 1)
+            .unwrap();
+        cluster.create_topic(topics::DEAD_LETTERS, 1, 1).unwrap();
+        let settings = KafkaSettings::new(cluster.bootstrap_servers());
+        let producer = settings.producer().unwrap();
+        let command = envelope();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topics::INVENTORY_COMMANDS)
+                    .key(&command.key())
+                    .payload(&command.encode()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        fn args<H>(
+            settings: &KafkaSettings,
+            producer: &FutureProducer,
+            handler: Arc<H>,
+        ) -> ConsumerArgs<H> {
+            ConsumerArgs {
+                settings: settings.clone(),
+                subscription: Subscription::Group {
+                    group_id: "product".into(),
+                },
+                topics: vec![topics::INVENTORY_COMMANDS],
+                handler,
+                producer: producer.clone(),
+                rebalance: None,
+            }
+        }
+
+        // The first member's handler fails, again and again, until it stops.
+        let (calls, mut called) = tokio::sync::watch::channel(0);
+        let (first, first_done) = Actor::spawn(
+            None,
+            EventConsumer::default(),
+            args(&settings, &producer, Arc::new(AlwaysUnavailable(calls))),
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), called.wait_for(|n| *n >= 2))
+            .await
+            .expect("the handler was retried")
+            .unwrap();
+        first.stop(None);
+        first_done.await.unwrap();
+
+        // The next member of the group gets the same message: its offset
+        // was neither stored nor committed.
+        let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (second, second_done) = Actor::spawn(
+            None,
+            EventConsumer::default(),
+            args(&settings, &producer, Arc::new(Accepts(seen))),
+        )
+        .await
+        .unwrap();
+        let redelivered = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
+            .await
+            .expect("the message is delivered again");
+        assert_eq!(redelivered, Some(command.event_id));
+        second.stop(None);
+        second_done.await.unwrap();
     }
 }
