@@ -15,6 +15,7 @@ mod group_commit;
 mod helpers;
 mod idempotency;
 mod loadgen;
+mod migrations;
 mod openapi;
 mod order_history;
 mod outbox;
