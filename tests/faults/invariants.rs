@@ -528,8 +528,7 @@ fn outcomes_fit_intents(
     if wrong.is_empty() {
         Ok(format!(
             "approved orders confirmed or out of stock, declined ones rejected, impossible ones \
-             out of stock; no TIMEOUT, no FAILED (step timeout {} s, the run {:.0} s)",
-            timeout.as_secs(),
+             out of stock; no TIMEOUT, no FAILED (step timeout {timeout:?}, the run {:.0} s)",
             cx.run_took.as_secs_f64()
         ))
     } else {

@@ -29,7 +29,8 @@ pub struct Sample {
     pub answer: Result<(u16, Value), String>,
 }
 
-/// Polls every service's `/readyz` until stopped.
+/// Polls every service's `/readyz` until stopped (answers still on their
+/// way then are dropped).
 pub struct ReadyzWatch {
     samples: Arc<Mutex<Vec<Sample>>>,
     stop: watch::Sender<bool>,
@@ -50,23 +51,30 @@ impl ReadyzWatch {
             .map(|(service, url)| {
                 let (http, samples, mut stopped) = (http.clone(), samples.clone(), stopped.clone());
                 tokio::spawn(async move {
+                    // A request every POLL_EVERY, without waiting for the last
+                    // one: an answer takes up to the endpoint's 2 s check
+                    // timeout while a dependency is down, and a 4 s outage
+                    // must still see several.
                     while !*stopped.borrow() {
-                        let sent = Instant::now();
-                        let answer = match http.get(format!("{url}/readyz")).send().await {
-                            Ok(response) => {
-                                let status = response.status().as_u16();
-                                match response.json::<Value>().await {
-                                    Ok(body) => Ok((status, body)),
-                                    Err(e) => Err(format!("{status} without a JSON body: {e}")),
+                        let (http, samples, url) = (http.clone(), samples.clone(), url.clone());
+                        tokio::spawn(async move {
+                            let sent = Instant::now();
+                            let answer = match http.get(format!("{url}/readyz")).send().await {
+                                Ok(response) => {
+                                    let status = response.status().as_u16();
+                                    match response.json::<Value>().await {
+                                        Ok(body) => Ok((status, body)),
+                                        Err(e) => Err(format!("{status} without a JSON body: {e}")),
+                                    }
                                 }
-                            }
-                            Err(e) => Err(e.to_string()),
-                        };
-                        samples.lock().expect("samples lock").push(Sample {
-                            service,
-                            sent,
-                            answered: Instant::now(),
-                            answer,
+                                Err(e) => Err(e.to_string()),
+                            };
+                            samples.lock().expect("samples lock").push(Sample {
+                                service,
+                                sent,
+                                answered: Instant::now(),
+                                answer,
+                            });
                         });
                         tokio::select! {
                             _ = stopped.changed() => {}
