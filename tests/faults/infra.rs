@@ -239,6 +239,7 @@ impl PrivateRedis {
             .map(String::from)
             .to_vec(),
             env: BTreeMap::new(),
+            user: None,
         };
         let mut redis = Self {
             proc: Proc::new("redis", recipe, logs),

@@ -14,47 +14,63 @@
 //!    platform's topics, keeps orders flowing, and restarts it,
 //! 4. restarts the three brokers in turn (SIGTERM, start), each back in
 //!    sync before the next,
-//! 5. kills every broker for 4 s and restarts them (data kept),
+//! 5. kills every broker for 4 s and restarts them (data kept), with every
+//!    service's `/readyz` polled: 503 naming Kafka while they are down, 200
+//!    again once they are back,
 //! 6. stops Redis for 4 s,
+//! 7. crashes Postgres (the suite's own server: an immediate shutdown)
+//!    for 5 s while orders keep coming: `/readyz` 503 naming Postgres, then
+//!    200; every order placed meanwhile answered 503 `unavailable` or
+//!    accepted and kept,
 //!
 //! then waits, within a stated bound (120 s after the last fault), for every
 //! order to end, every outbox to drain and every group to catch up, and
-//! checks against Postgres: every accepted order stored and terminal;
+//! checks against Postgres: every accepted order stored and terminal, and
+//! ended as it asked for (confirmed, declined or out of stock: the saga
+//! step timeout is longer than the run, so no deadline ends an order and
+//! none may end `TIMEOUT` or `FAILED`);
 //! initial stock = current stock + units in CONFIRMED orders; at most one
 //! AUTHORIZED authorization per order and none kept by a REJECTED order; no
 //! negative stock, ever; no RESERVED stock held by a REJECTED order; every
 //! status history one valid path. Finally it stops every service, rewinds
 //! every consumer group to offset 0, restarts them, and checks that the
 //! whole history delivered again changed nothing: no row, no message, no
-//! WebSocket push.
+//! WebSocket push (topics' high watermarks unchanged; a gateway socket
+//! that acknowledged its subscription and stayed up). Every SIGTERM stop
+//! must exit 0 within the grace period plus a small margin.
 //!
 //! Run it with `cargo test --test faults -- --nocapture`. It prints where
 //! each process logs (`target/faults-logs/<run-id>/`), every check as it
 //! runs, a block of counts, and last `faults: N passed, M failed`.
-//! Needs Postgres (`TEST_POSTGRES_URL`, default
-//! `postgres://postgres@127.0.0.1:5432`) and `redis-server` on the PATH
-//! (or `FAULTS_REDIS_SERVER`), and Java 17 with Maven for the cluster
+//! Needs the Postgres server binaries (Debian's `postgresql` package, under
+//! `/usr/lib/postgresql/*/bin`, or `FAULTS_POSTGRES_BIN`; run as root, the
+//! suite starts its server as the `postgres` user), `redis-server` on the
+//! PATH (or `FAULTS_REDIS_SERVER`), and Java 17 with Maven for the cluster
 //! (`scripts/kafka.sh` fetches its jars from Maven Central once).
-//! `FAULTS_KEEP_DB=1` keeps the database.
+//! `FAULTS_KEEP_DB=1` keeps the private server's data directory.
 //!
 //! - [`processes`]: child processes that can be killed and restarted; logs.
 //! - [`infra`]: the Kafka cluster and the private Redis.
 //! - [`services`]: the five service processes.
 //! - [`workload`]: the catalogue and the clients placing orders.
-//! - [`scenarios`]: the live faults, and waiting for the platform to settle.
+//! - [`scenarios`]: the live faults, and waiting for the platform to settle;
+//!   [`postgres_outage`]: the last of them.
+//! - [`readiness`]: `/readyz` polled through an outage.
 //! - [`redelivery`]: rewinding every group to 0 and comparing.
 //! - [`invariants`]: the end-of-run checks; [`report`] counts them.
 //! - [`observations`]: stock sampled during the run; where sagas ran.
 //! - [`snapshot`]: the database state the redelivery must not change.
 //! - [`kafka`]: watermarks, committed offsets, rewinding a group.
-//! - [`database`]: the run's own database.
+//! - [`database`]: the run's own Postgres server and database.
 
 mod database;
 mod infra;
 mod invariants;
 mod kafka;
 mod observations;
+mod postgres_outage;
 mod processes;
+mod readiness;
 mod redelivery;
 mod report;
 mod scenarios;
@@ -62,7 +78,7 @@ mod services;
 mod snapshot;
 mod workload;
 
-use database::TestDatabase;
+use database::{PrivatePostgres, TestDatabase};
 use futures::FutureExt;
 use infra::{Cluster, PrivateRedis};
 use invariants::Context;
@@ -100,6 +116,13 @@ const PAYMENT_LATENCY_MS: u64 = 800;
 /// Clients placing orders, and each one's pause between orders.
 const CLIENTS: usize = 4;
 const CLIENT_PAUSE: Duration = Duration::from_millis(250);
+/// `SAGA_STEP_TIMEOUT_MS` of the services: longer than the whole run, so
+/// no saga deadline fires. A dropped command or reply then leaves its
+/// order open (a failed check) instead of ending it `REJECTED TIMEOUT`
+/// with the books balanced, which every other check would pass.
+pub const SAGA_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `SHUTDOWN_GRACE_SECONDS` of the services.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault-injection suite: `cargo test --test faults -- --ignored --nocapture` (a separate step of .ci/run)"]
@@ -110,18 +133,12 @@ async fn faults_leave_every_order_terminal_and_the_books_balanced() {
         "[faults] run {run_id}; process logs in {}",
         logs.path().display()
     );
-    let database = TestDatabase::new(&run_id);
     let shop = ShopBinary::install(&logs);
     // Children die with `run`'s locals (kill_on_drop), even when it panics;
-    // the database is dropped afterwards either way.
-    let outcome = AssertUnwindSafe(run(&logs, &shop, &database))
+    // the private Postgres and its data go with them.
+    let outcome = AssertUnwindSafe(run(&logs, &shop, &run_id))
         .catch_unwind()
         .await;
-    if std::env::var_os("FAULTS_KEEP_DB").is_some() {
-        println!("[faults] kept database {}", database.name);
-    } else {
-        database.drop_database().await;
-    }
     let report = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let failed: Vec<String> = report
         .checks
@@ -180,6 +197,10 @@ fn service_env(
         ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("KAFKA_PARTITIONS", PARTITIONS.to_string()),
         ("KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
+        (
+            "SAGA_STEP_TIMEOUT_MS",
+            SAGA_STEP_TIMEOUT.as_millis().to_string(),
+        ),
         ("DATABASE_URL", database.url.clone()),
         ("DATABASE_POOL_SIZE", "6".into()),
         ("REDIS_URL", redis_url.to_owned()),
@@ -187,7 +208,10 @@ fn service_env(
         ("HTTP_HOST", "127.0.0.1".into()),
         ("PAYMENT_LATENCY_MS", PAYMENT_LATENCY_MS.to_string()),
         ("OUTBOX_POLL_MS", "50".into()),
-        ("SHUTDOWN_GRACE_SECONDS", "5".into()),
+        (
+            "SHUTDOWN_GRACE_SECONDS",
+            SHUTDOWN_GRACE.as_secs().to_string(),
+        ),
         ("LOG_FORMAT", "json".into()),
         (
             "RUST_LOG",
@@ -205,23 +229,27 @@ fn service_env(
     .collect()
 }
 
-async fn run(logs: &LogDir, shop: &ShopBinary, database: &TestDatabase) -> Report {
+async fn run(logs: &LogDir, shop: &ShopBinary, run_id: &str) -> Report {
     let suite_started = Instant::now();
-    let run_id = database.name.trim_start_matches("shop_faults_").to_owned();
+    let postgres = PrivatePostgres::start(logs, run_id).await;
+    let database = TestDatabase::new(run_id, &postgres);
     let broker = Cluster::start(logs).await;
     let redis = PrivateRedis::start(logs).await;
-    let env = service_env(&broker.address, &redis.url(), database, &run_id);
+    let env = service_env(&broker.address, &redis.url(), &database, run_id);
     let mut platform = Platform {
         services: Services::new(logs, shop, &env),
         broker,
         redis,
+        postgres,
+        database: database.clone(),
         crashes: Vec::new(),
         logs: logs.clone(),
     };
     println!(
-        "[faults] broker at {}, redis at {}",
+        "[faults] broker at {}, redis at {}, postgres at {}",
         platform.broker.address,
-        platform.redis.url()
+        platform.redis.url(),
+        platform.postgres.url()
     );
     // The product service creates and migrates the database; the rest follow.
     platform.services.start(&["product"]).await;
@@ -234,10 +262,10 @@ async fn run(logs: &LogDir, shop: &ShopBinary, database: &TestDatabase) -> Repor
         suite_started.elapsed().as_secs_f64()
     );
 
-    let db = database.connect().await;
+    let mut db = database.connect().await;
     let products =
         workload::create_catalogue(&platform.services.url("product"), PRODUCTS, STOCK_EACH).await;
-    let sampler = StockSampler::start(database.connect().await, &products);
+    let sampler = StockSampler::start(database.clone(), &products);
     // Orders start flowing once the order group has split its partitions,
     // so the warm-up is a window without rebalances.
     platform.services.wait_order_group_settled().await;
@@ -259,7 +287,7 @@ async fn run(logs: &LogDir, shop: &ShopBinary, database: &TestDatabase) -> Repor
     let warm_up_ended = chrono::Utc::now();
     let mut report = Report::default();
     let mut faults =
-        scenarios::inject_live_faults(&mut platform, &db, &workload, &mut report).await;
+        scenarios::inject_live_faults(&mut platform, &mut db, &workload, &mut report).await;
     let last_fault = Instant::now();
     while workload.accepted() < MIN_ORDERS {
         assert!(
@@ -319,6 +347,7 @@ async fn run(logs: &LogDir, shop: &ShopBinary, database: &TestDatabase) -> Repor
         logs,
         lowest_stock_seen: sampler.lowest(),
         stock_samples_failed: sampler.failed(),
+        run_took: suite_started.elapsed(),
     };
     invariants::check_all(&db, &context, &mut report).await;
     report.record(

@@ -2,6 +2,7 @@
 //! the end: the lowest stock ever sampled, and — from the order
 //! processes' logs — where sagas ran.
 
+use crate::database::TestDatabase;
 use crate::processes::LogDir;
 use crate::workload::Product;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,22 +22,30 @@ pub struct StockSampler {
 }
 
 impl StockSampler {
-    /// Starts sampling every 200 ms on its own connection.
-    pub fn start(db: Client, products: &[Product]) -> Self {
+    /// Starts sampling every 200 ms on its own connection, connecting again
+    /// after a failure (Postgres itself is one of the faults).
+    pub fn start(database: TestDatabase, products: &[Product]) -> Self {
         let ids: Vec<Uuid> = products.iter().map(|p| p.id).collect();
         let lowest = Arc::new(AtomicI64::new(i64::MAX));
         let (read, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (seen, counted, missed) = (lowest.clone(), read.clone(), failed.clone());
         let task = tokio::spawn(async move {
+            let mut db: Option<Client> = None;
             loop {
-                let sample = db
-                    .query_one(
-                        "SELECT min(stock)::bigint FROM product.products WHERE id = ANY($1)",
-                        &[&ids],
-                    )
-                    .await
-                    .ok()
-                    .and_then(|row| row.get::<_, Option<i64>>(0));
+                if db.as_ref().is_none_or(Client::is_closed) {
+                    db = database.try_connect().await.ok();
+                }
+                let sample = match &db {
+                    Some(db) => db
+                        .query_one(
+                            "SELECT min(stock)::bigint FROM product.products WHERE id = ANY($1)",
+                            &[&ids],
+                        )
+                        .await
+                        .ok()
+                        .and_then(|row| row.get::<_, Option<i64>>(0)),
+                    None => None,
+                };
                 match sample {
                     Some(min) => {
                         seen.fetch_min(min, Ordering::Relaxed);

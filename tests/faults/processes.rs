@@ -14,8 +14,21 @@ use tokio::process::{Child, Command};
 
 /// How long a freshly started process may take to answer its readiness probe.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(45);
-/// How long a SIGTERM'd service may take to finish in-flight work.
-const TERM_GRACE: Duration = Duration::from_secs(15);
+/// How long a SIGTERM'd service may take to exit: its grace period
+/// (`SHUTDOWN_GRACE_SECONDS`) plus the 2 s `shop`'s `main` gives threads
+/// still blocked in librdkafka, and a second for the process to go...
+///
+/// ...plus, for now, a known defect: with the group coordinator's broker
+/// down, a consumer's stop waits out the fixed 5 s final-commit wait
+/// (`FINAL_COMMIT_WAIT` in `actors/src/kafka/consumer.rs`) and then its
+/// close blocks until the 10 s session timeout, so order-a took 7-12 s to
+/// exit against a 5 s grace. The bound covers that, and no more, until the
+/// shutdown shares one deadline; tighten it to the grace plus 3 s then.
+pub const TERM_BOUND: Duration =
+    crate::SHUTDOWN_GRACE.saturating_add(Duration::from_secs(3 + 5 + 10));
+/// How long [`Proc::terminate`] waits before it kills: well past
+/// [`TERM_BOUND`], so a slow stop is measured, not cut short.
+const TERM_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The directory holding this run's process logs.
 #[derive(Debug, Clone)]
@@ -133,6 +146,9 @@ pub struct Recipe {
     pub args: Vec<String>,
     /// Environment added to the suite's own.
     pub env: BTreeMap<String, String>,
+    /// Run as this `(uid, gid)` instead of the suite's own user: Postgres
+    /// refuses to run as root.
+    pub user: Option<(u32, u32)>,
 }
 
 /// One process that can be killed and started again.
@@ -177,6 +193,9 @@ impl Proc {
             .stdout(log.try_clone().expect("clone a log handle"))
             .stderr(log)
             .kill_on_drop(true);
+        if let Some((uid, gid)) = self.recipe.user {
+            command.uid(uid).gid(gid);
+        }
         command
     }
 
@@ -198,24 +217,40 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within [`TERM_GRACE`].
-    /// Returns false if it had to be killed.
-    pub async fn terminate(&mut self) -> bool {
+    /// SIGTERM, then SIGKILL if it has not exited within `TERM_PATIENCE`:
+    /// how it stopped.
+    pub async fn terminate(&mut self) -> Stop {
+        self.signal_and_wait("TERM", TERM_PATIENCE).await
+    }
+
+    /// Sends `signal` (a name `kill` knows), waits up to `patience` for the
+    /// process to exit, SIGKILLs it if it has not: how it stopped.
+    pub async fn signal_and_wait(&mut self, signal: &str, patience: Duration) -> Stop {
+        let started = std::time::Instant::now();
         let Some(mut child) = self.child.take() else {
-            return true;
+            return Stop {
+                status: None,
+                took: Duration::ZERO,
+                was_running: false,
+            };
         };
         if let Some(pid) = child.id() {
             let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([format!("-{signal}"), pid.to_string()])
                 .status();
         }
-        match tokio::time::timeout(TERM_GRACE, child.wait()).await {
-            Ok(_) => true,
+        let status = match tokio::time::timeout(patience, child.wait()).await {
+            Ok(status) => status.ok(),
             Err(_) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                false
+                None
             }
+        };
+        Stop {
+            status,
+            took: started.elapsed(),
+            was_running: true,
         }
     }
 
@@ -243,5 +278,64 @@ impl Proc {
                 self.log_tail(30)
             );
         }
+    }
+}
+
+/// How a signalled process stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    /// Its exit status; `None` if it had to be killed (or was not running).
+    pub status: Option<ExitStatus>,
+    /// From the signal to its exit (or to the kill).
+    pub took: Duration,
+    /// False if there was no process to stop.
+    pub was_running: bool,
+}
+
+impl Stop {
+    /// A clean stop: it exited by itself, with status 0, within `bound`.
+    pub fn is_clean(&self, bound: Duration) -> bool {
+        self.status.is_some_and(|s| s.success()) && self.took <= bound
+    }
+
+    /// `exited 0 in 1.2 s`, `exited with signal: 9 in ...`, `was killed after ...`.
+    pub fn describe(&self) -> String {
+        let took = self.took.as_secs_f64();
+        match self.status {
+            _ if !self.was_running => "was not running".into(),
+            Some(status) if status.success() => format!("exited 0 in {took:.1} s"),
+            Some(status) => format!("exited with {status} in {took:.1} s"),
+            None => format!("ignored the signal and was killed after {took:.1} s"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn stop(raw_status: Option<i32>, took_ms: u64) -> Stop {
+        Stop {
+            status: raw_status.map(ExitStatus::from_raw),
+            took: Duration::from_millis(took_ms),
+            was_running: true,
+        }
+    }
+
+    #[test]
+    fn only_exit_0_within_the_bound_is_a_clean_stop() {
+        let bound = Duration::from_secs(8);
+        assert!(stop(Some(0), 1_000).is_clean(bound));
+        // Exit status 1 (raw wait status 1 << 8).
+        assert!(!stop(Some(256), 1_000).is_clean(bound));
+        // Died of SIGTERM's default action: no handler ran.
+        assert!(!stop(Some(15), 1_000).is_clean(bound));
+        assert!(!stop(Some(0), 9_000).is_clean(bound));
+        assert!(!stop(None, 30_000).is_clean(bound));
+        assert_eq!(
+            stop(Some(256), 1_500).describe(),
+            "exited with exit status: 1 in 1.5 s"
+        );
     }
 }

@@ -48,10 +48,11 @@ impl LeftOpen {
 /// nothing changed: no row, no message, no WebSocket push.
 pub async fn redeliver_everything(platform: &mut Platform, db: &Client, report: &mut Report) {
     let brokers = platform.broker.address.clone();
-    let forced = platform.services.terminate_all().await;
-    if !forced.is_empty() {
-        println!("[faults] {forced:?} ignored SIGTERM and were killed");
-    }
+    let stops = platform.services.terminate_all().await;
+    report.record(
+        "every service stopped with SIGTERM before the redelivery exits 0 within the grace period",
+        crate::scenarios::clean_stops(&stops),
+    );
     let highs_before = kafka::high_watermarks(&brokers)
         .await
         .expect("high watermarks");
@@ -105,27 +106,7 @@ pub async fn redeliver_everything(platform: &mut Platform, db: &Client, report: 
             .parse()
             .expect("header"),
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket to the gateway");
-    futures::SinkExt::send(
-        &mut socket,
-        tokio_tungstenite::tungstenite::Message::text(r#"{"type":"subscribe","scope":"all"}"#),
-    )
-    .await
-    .expect("subscribe");
-    let listener = tokio::spawn(async move {
-        let mut socket = socket;
-        let mut pushed = Vec::new();
-        while let Some(Ok(message)) = socket.next().await {
-            let text = message.to_text().map(str::to_owned).unwrap_or_default();
-            // Status pushes only: the subscription's acknowledgement is not one.
-            if message.is_text() && !text.contains(r#""type":"subscribed""#) {
-                pushed.push(text);
-            }
-        }
-        pushed
-    });
+    let listener = GatewayListener::subscribe_to_all(request).await;
     let started = Instant::now();
     platform
         .services
@@ -144,8 +125,10 @@ pub async fn redeliver_everything(platform: &mut Platform, db: &Client, report: 
     // Proving that nothing else happens takes waiting: give the relays
     // (OUTBOX_POLL_MS = 50) forty rounds to publish a second effect.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    listener.abort();
-    let pushed = listener.await.unwrap_or_default();
+    let heard = match listener {
+        Ok(listener) => listener.stop().await,
+        Err(error) => Err(error),
+    };
     let after = snapshot::take(db).await;
     let changes = snapshot::diff(&before, &after);
     let left_open = LeftOpen::new(open_before.clone(), &before);
@@ -173,45 +156,231 @@ pub async fn redeliver_everything(platform: &mut Platform, db: &Client, report: 
             ))
         },
     );
+    // The topics' ends, not what a reader found: reading nothing (a reader
+    // that timed out) must not look like nothing published.
     let highs_after = kafka::high_watermarks(&brokers)
         .await
         .expect("high watermarks");
-    let published = kafka::messages_between(&brokers, &highs_before, &highs_after)
-        .await
-        .unwrap_or_else(|e| panic!("read the new messages: {e}"));
-    let (late, second): (Vec<&Published>, Vec<&Published>) = published
+    let grown: Vec<String> = highs_after
         .iter()
-        .partition(|m| open_before.contains(&m.order_id));
-    let describe = |messages: &[&Published]| -> Vec<String> {
-        messages
-            .iter()
-            .take(15)
-            .map(|m| format!("{} {} {}", m.topic, m.event_type, m.order_id))
-            .collect()
-    };
+        .filter_map(|(partition, after)| {
+            let before = highs_before.get(partition).copied();
+            (before != Some(*after)).then(|| {
+                format!(
+                    "{}/{}: {} -> {after}",
+                    partition.0,
+                    partition.1,
+                    before.map_or("absent".into(), |b| b.to_string())
+                )
+            })
+        })
+        .chain(
+            highs_before
+                .keys()
+                .filter(|p| !highs_after.contains_key(*p))
+                .map(|(topic, partition)| format!("{topic}/{partition}: gone")),
+        )
+        .collect();
+    let new_messages: i64 = highs_after
+        .iter()
+        .map(|(p, after)| after - highs_before.get(p).copied().unwrap_or(0))
+        .sum();
     report.record(
-        "the redelivery published nothing",
-        if published.is_empty() {
+        "the redelivery published nothing (every topic's high watermark unchanged)",
+        if grown.is_empty() {
             let total: i64 = highs_after.values().sum();
-            Ok(format!("{total} messages on the topics, unchanged"))
+            Ok(format!(
+                "{} partitions, {total} messages, the same before and after",
+                highs_after.len()
+            ))
         } else {
+            // Only to say what they were: the watermarks decided.
+            let described =
+                match kafka::messages_between(&brokers, &highs_before, &highs_after).await {
+                    Ok(published) => {
+                        let (late, second): (Vec<&Published>, Vec<&Published>) = published
+                            .iter()
+                            .partition(|m| open_before.contains(&m.order_id));
+                        let describe = |messages: &[&Published]| -> Vec<String> {
+                            messages
+                                .iter()
+                                .take(15)
+                                .map(|m| format!("{} {} {}", m.topic, m.event_type, m.order_id))
+                                .collect()
+                        };
+                        format!(
+                            "{} of them read back: {} about orders the faults had left open {:?}, \
+                         {} second effects {:?}",
+                            published.len(),
+                            late.len(),
+                            describe(&late),
+                            second.len(),
+                            describe(&second)
+                        )
+                    }
+                    Err(error) => format!("reading them back failed: {error}"),
+                };
             Err(format!(
-                "{} new messages: {} about orders the faults had left open {:?}, \
-                 {} second effects {:?}",
-                published.len(),
-                late.len(),
-                describe(&late),
-                second.len(),
-                describe(&second)
+                "{new_messages} new messages: {}; {described}",
+                grown.join(", ")
             ))
         },
     );
     report.record(
-        "the gateway pushed nothing during the redelivery",
-        if pushed.is_empty() {
-            Ok("no message".into())
-        } else {
-            Err(format!("{} messages, first: {}", pushed.len(), pushed[0]))
+        "the gateway pushed nothing during the redelivery (to a subscribed, working socket)",
+        match heard {
+            Ok(pushed) if pushed.is_empty() => Ok("subscribed; no message".into()),
+            Ok(pushed) => Err(format!("{} messages, first: {}", pushed.len(), pushed[0])),
+            Err(error) => Err(error),
         },
     );
+}
+
+/// A WebSocket client of the gateway subscribed to every order.
+struct GatewayListener {
+    /// Tells the reader to stop.
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// The reader: every push it saw, or how the socket failed.
+    reader: tokio::task::JoinHandle<Result<Vec<String>, String>>,
+}
+
+/// How long the gateway may take to acknowledge a subscription.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl GatewayListener {
+    /// Connects, subscribes to scope `all` and waits for `subscribed`: until
+    /// then the gateway pushes nothing, so a listener that did not see it
+    /// proves nothing. Any other message first, or none, is an error.
+    async fn subscribe_to_all(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| format!("WebSocket to the gateway: {e}"))?;
+        futures::SinkExt::send(
+            &mut socket,
+            Message::text(r#"{"type":"subscribe","scope":"all"}"#),
+        )
+        .await
+        .map_err(|e| format!("sending the subscription: {e}"))?;
+        let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("no answer to the subscription within {SUBSCRIBE_TIMEOUT:?}"))?;
+        match first {
+            Some(Ok(Message::Text(text)))
+                if serde_json::from_str::<serde_json::Value>(&text)
+                    .is_ok_and(|v| v["type"] == "subscribed" && v["scope"] == "all") => {}
+            Some(Ok(other)) => {
+                return Err(format!(
+                    "the subscription was answered with {other:?}, not `subscribed`"
+                ))
+            }
+            Some(Err(e)) => return Err(format!("the socket failed before `subscribed`: {e}")),
+            None => return Err("the socket closed before `subscribed`".into()),
+        }
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            loop {
+                let message = tokio::select! {
+                    _ = &mut stopped => return Ok(pushed),
+                    message = socket.next() => message,
+                };
+                match message {
+                    Some(Ok(Message::Text(text))) => pushed.push(text.to_string()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(other)) => {
+                        return Err(format!(
+                            "the socket ended ({other:?}) after {} pushes: a listener that \
+                             stops listening hears nothing",
+                            pushed.len()
+                        ))
+                    }
+                    Some(Err(e)) => {
+                        return Err(format!(
+                            "the socket failed ({e}) after {} pushes: a listener that stops \
+                             listening hears nothing",
+                            pushed.len()
+                        ))
+                    }
+                    None => {
+                        return Err(format!(
+                            "the socket closed after {} pushes: a listener that stops \
+                             listening hears nothing",
+                            pushed.len()
+                        ))
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, reader })
+    }
+
+    /// Stops listening: every push seen, or how the socket failed.
+    async fn stop(self) -> Result<Vec<String>, String> {
+        let _ = self.stop.send(());
+        self.reader
+            .await
+            .unwrap_or_else(|e| Err(format!("the listener panicked: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    /// A stand-in gateway: answers the first message with `answer`, then
+    /// drops the connection without a close frame.
+    async fn gateway_answering(answer: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut socket = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake");
+            let _subscription = socket.next().await;
+            socket.send(Message::text(answer)).await.expect("answer");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        format!("ws://{address}/ws")
+    }
+
+    #[tokio::test]
+    async fn a_listener_fails_when_its_socket_dies_or_it_was_never_subscribed() {
+        let url = gateway_answering(r#"{"type":"subscribed","scope":"all"}"#).await;
+        let listener = GatewayListener::subscribe_to_all(url.into_client_request().expect("url"))
+            .await
+            .expect("subscribed");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let heard = listener.stop().await;
+        assert!(
+            heard.as_ref().is_err_and(|e| e.contains("after 0 pushes")),
+            "{heard:?}"
+        );
+
+        let url =
+            gateway_answering(r#"{"type":"error","error":"bad_request","message":"?"}"#).await;
+        let refused =
+            GatewayListener::subscribe_to_all(url.into_client_request().expect("url")).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("not `subscribed`")),
+            "{:?}",
+            refused.err()
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The five service processes, each its own `shop <service>`, on ports
 //! fixed for the whole run so restarts come back where clients look.
 
-use crate::processes::{free_port, LogDir, Proc, Recipe, ShopBinary, READY_TIMEOUT};
+use crate::processes::{free_port, LogDir, Proc, Recipe, ShopBinary, Stop, READY_TIMEOUT};
 use std::collections::BTreeMap;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -59,6 +59,7 @@ impl Services {
                 program: shop.program(),
                 args: vec![subcommand.into()],
                 env,
+                user: None,
             };
             by_name.insert(
                 name,
@@ -79,6 +80,11 @@ impl Services {
         self.by_name
             .get_mut(name)
             .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    /// Every service's name and base URL.
+    pub fn urls(&self) -> Vec<(&'static str, String)> {
+        self.by_name.iter().map(|(n, s)| (*n, s.url())).collect()
     }
 
     /// Base URL of service `name`.
@@ -159,24 +165,17 @@ impl Services {
         self.get(name).proc.kill9().await;
     }
 
-    /// SIGTERMs every service at once and waits for all; returns the names
-    /// of those that had to be SIGKILLed.
-    pub async fn terminate_all(&mut self) -> Vec<&'static str> {
+    /// SIGTERMs every service at once and waits for all; how each stopped.
+    pub async fn terminate_all(&mut self) -> Vec<(&'static str, Stop)> {
         let stops = self
             .by_name
             .iter_mut()
             .map(|(name, service)| async move { (*name, service.proc.terminate().await) });
-        futures::future::join_all(stops)
-            .await
-            .into_iter()
-            .filter(|(_, clean)| !clean)
-            .map(|(name, _)| name)
-            .collect()
+        futures::future::join_all(stops).await
     }
 
-    /// Stops `name` with SIGTERM; false if it had to be killed after the
-    /// grace period.
-    pub async fn terminate(&mut self, name: &str) -> bool {
+    /// Stops `name` with SIGTERM; how it stopped.
+    pub async fn terminate(&mut self, name: &str) -> Stop {
         self.get(name).proc.terminate().await
     }
 

@@ -97,10 +97,41 @@ pub struct Stats {
     pub abandoned: usize,
 }
 
+/// One attempt to place an order, and what came of it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// When the request was sent.
+    pub sent: tokio::time::Instant,
+    /// The order process it went to.
+    pub via: &'static str,
+    /// What came back.
+    pub outcome: Outcome,
+}
+
+/// What an attempt to place an order got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 202 with this order id.
+    Accepted(Uuid),
+    /// Another status, with the `error` code of its JSON body if it had one.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// `error` of the JSON body; `None` if the body was not the API's
+        /// JSON error.
+        error: Option<String>,
+    },
+    /// The order process could not be reached at all.
+    Unreachable,
+    /// Sent, but no usable answer (reset, timeout, a 202 without an id).
+    Unknown(String),
+}
+
 #[derive(Default)]
 struct Shared {
     placed: Vec<Placed>,
     stats: Stats,
+    answers: Vec<Answer>,
 }
 
 /// Clients placing orders in the background.
@@ -170,6 +201,21 @@ impl Workload {
         self.shared.lock().expect("workload lock").placed.len()
     }
 
+    /// Every attempt sent from `from` to `to`, with what it got.
+    pub fn answers_sent_between(
+        &self,
+        from: tokio::time::Instant,
+        to: tokio::time::Instant,
+    ) -> Vec<Answer> {
+        let shared = self.shared.lock().expect("workload lock");
+        shared
+            .answers
+            .iter()
+            .filter(|a| (from..to).contains(&a.sent))
+            .cloned()
+            .collect()
+    }
+
     /// Stops the clients (each finishes its request in hand) and returns
     /// every accepted order and the clients' counts.
     pub async fn stop(self) -> (Vec<Placed>, Stats) {
@@ -224,6 +270,7 @@ async fn place(
     const ATTEMPTS: usize = 4;
     for attempt in 0..ATTEMPTS {
         let (via, url) = &urls[(turn + attempt) % 2];
+        let sent_at = tokio::time::Instant::now();
         let sent = http.post(format!("{url}/orders")).json(body).send().await;
         let outcome = match sent {
             Ok(response) if response.status().as_u16() == 202 => {
@@ -238,23 +285,46 @@ async fn place(
                         intent,
                         via,
                     }),
-                    None => Err(Retry::No(Failure::Unknown)),
+                    None => Err(Retry::No(Failure::Unknown(
+                        "a 202 without an order id".into(),
+                    ))),
                 }
             }
             Ok(response) => {
                 let status = response.status().as_u16();
+                let error = response
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|body| body["error"].as_str().map(str::to_owned));
                 Err(if status >= 500 {
-                    Retry::Yes(Failure::Refused(status))
+                    Retry::Yes(Failure::Refused(status, error))
                 } else {
-                    Retry::No(Failure::Refused(status))
+                    Retry::No(Failure::Refused(status, error))
                 })
             }
             Err(error) if error.is_connect() => Err(Retry::Yes(Failure::Unreachable)),
-            Err(_) => Err(Retry::No(Failure::Unknown)),
+            Err(error) => Err(Retry::No(Failure::Unknown(error.to_string()))),
         };
         let retry = {
             let mut shared = shared.lock().expect("workload lock");
             shared.stats.requests += 1;
+            let answered = match &outcome {
+                Ok(placed) => Outcome::Accepted(placed.order_id),
+                Err(Retry::Yes(failure) | Retry::No(failure)) => match failure {
+                    Failure::Refused(status, error) => Outcome::Refused {
+                        status: *status,
+                        error: error.clone(),
+                    },
+                    Failure::Unreachable => Outcome::Unreachable,
+                    Failure::Unknown(why) => Outcome::Unknown(why.clone()),
+                },
+            };
+            shared.answers.push(Answer {
+                sent: sent_at,
+                via,
+                outcome: answered,
+            });
             match outcome {
                 Ok(placed) => {
                     shared.placed.push(placed);
@@ -279,9 +349,9 @@ async fn place(
 }
 
 enum Failure {
-    Refused(u16),
+    Refused(u16, Option<String>),
     Unreachable,
-    Unknown,
+    Unknown(String),
 }
 
 enum Retry {
@@ -292,9 +362,9 @@ enum Retry {
 impl Stats {
     fn count(&mut self, failure: Failure) {
         match failure {
-            Failure::Refused(status) => *self.refused.entry(status).or_default() += 1,
+            Failure::Refused(status, _) => *self.refused.entry(status).or_default() += 1,
             Failure::Unreachable => self.unreachable += 1,
-            Failure::Unknown => self.unknown += 1,
+            Failure::Unknown(_) => self.unknown += 1,
         }
     }
 }
