@@ -163,6 +163,17 @@ impl OutboxNotifier {
     }
 }
 
+#[cfg(test)]
+impl OutboxNotifier {
+    /// A notifier that wakes `relay`, a stand-in for the relay in unit tests.
+    pub(crate) fn waking(relay: ActorRef<RelayMsg>) -> Self {
+        Self {
+            relay,
+            queued: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
 /// Publishes one schema's outbox to Kafka.
 pub struct OutboxRelay;
 

@@ -510,3 +510,6 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
         reason: reason.into(),
     }))
 }
+
+#[cfg(test)]
+mod tests;

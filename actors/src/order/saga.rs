@@ -12,13 +12,16 @@ use crate::events::{Envelope, Event, OrderStatus};
 use crate::outbox::OutboxNotifier;
 use crate::rpc::{ask, DEFAULT_TIMEOUT};
 use crate::trace::{self, TraceParent};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 use uuid::Uuid;
 
 /// Attempts at a step when another writer keeps moving the order.
 const MAX_STALE_RETRIES: usize = 3;
+/// How soon a deadline step that could not be persisted is tried again
+/// (jittered between half of it and all of it).
+const DEADLINE_STEP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a reply could not be applied; the consumer retries it later.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +51,39 @@ pub struct SagaArgs {
     pub policy: SagaPolicy,
     /// Whether this process still owns the order.
     pub placement: std::sync::Arc<super::placement::Placement>,
+    /// Where the saga reads the time its deadlines are measured in.
+    pub clock: SagaClock,
+}
+
+/// Where a saga reads the time. Deadlines are persisted as wall-clock
+/// instants (any process may resume a saga), so a running saga reads the
+/// wall clock; its unit tests read one that follows tokio's clock, which
+/// they pause and advance.
+#[derive(Debug, Clone, Copy)]
+pub enum SagaClock {
+    /// The system's wall clock.
+    Wall,
+    /// `at` when tokio's clock read `since`; tokio's clock from then on.
+    #[cfg(test)]
+    Tokio {
+        /// The wall-clock time it starts at.
+        at: DateTime<Utc>,
+        /// The tokio instant that stands for `at`.
+        since: tokio::time::Instant,
+    },
+}
+
+impl SagaClock {
+    /// The current time.
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Self::Wall => Utc::now(),
+            #[cfg(test)]
+            Self::Tokio { at, since } => {
+                *at + chrono::Duration::from_std(since.elapsed()).unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// State of a running [`OrderSaga`].
@@ -137,7 +173,7 @@ impl Actor for OrderSaga {
                     if let Err(error) = stepped {
                         // Try again shortly: the deadline has still passed.
                         tracing::warn!(%error, "deadline step failed; retrying");
-                        let retry = crate::retry::jittered(std::time::Duration::from_secs(2));
+                        let retry = crate::retry::jittered(DEADLINE_STEP_RETRY);
                         state.timer = Some(
                             myself.send_after(retry, move || SagaMsg::Deadline { seq, attempts }),
                         );
@@ -198,7 +234,9 @@ fn arm(myself: &ActorRef<SagaMsg>, state: &mut SagaActorState) {
     let Some(deadline) = saga.deadline_at else {
         return;
     };
-    let wait = (deadline - Utc::now()).to_std().unwrap_or_default();
+    let wait = (deadline - state.args.clock.now())
+        .to_std()
+        .unwrap_or_default();
     let (seq, attempts) = (saga.seq, saga.attempts);
     state.timer = Some(myself.send_after(wait, move || SagaMsg::Deadline { seq, attempts }));
 }
@@ -241,7 +279,7 @@ async fn step(args: &mut SagaArgs, input: Input<'_>) -> Result<(), SagaError> {
             Input::Reply(envelope) => current.next(&envelope.event, &args.policy),
             // The deadline of the state as it is now, not as it was when
             // the timer was armed.
-            Input::Deadline if current.deadline_at.is_some_and(|d| d > Utc::now()) => None,
+            Input::Deadline if current.deadline_at.is_some_and(|d| d > args.clock.now()) => None,
             Input::Deadline => current.on_deadline(&args.policy),
         };
         let Some(transition) = decided else {
@@ -253,7 +291,7 @@ async fn step(args: &mut SagaArgs, input: Input<'_>) -> Result<(), SagaError> {
             return Ok(());
         };
         let transition = with_jitter(transition);
-        let (next, messages) = current.apply(&transition, Utc::now());
+        let (next, messages) = current.apply(&transition, args.clock.now());
         let (from_seq, from_attempts) = (current.seq, current.attempts);
         let outcome = ask(&args.repo, "order repo", DEFAULT_TIMEOUT, |reply| {
             OrderRepoMsg::Advance {
@@ -273,7 +311,7 @@ async fn step(args: &mut SagaArgs, input: Input<'_>) -> Result<(), SagaError> {
         match outcome {
             Advance::Applied => {
                 log_step(current, &next, event_type);
-                record_step(current, &next, &args.policy);
+                record_step(current, &next, &args.policy, args.clock.now());
                 args.state = Some(next);
                 args.outbox.wake();
                 return Ok(());
@@ -321,9 +359,8 @@ fn log_step(before: &SagaState, after: &SagaState, cause: &str) {
 /// left, and the outcome when it is final. A forward step's start is its
 /// deadline less the step timeout; an order's creation time is in its
 /// (version 7) id.
-fn record_step(before: &SagaState, after: &SagaState, policy: &SagaPolicy) {
+fn record_step(before: &SagaState, after: &SagaState, policy: &SagaPolicy, now: DateTime<Utc>) {
     let metrics = crate::metrics::metrics();
-    let now = Utc::now();
     if before.status != after.status && before.attempts == 0 {
         if let Some(deadline) = before.deadline_at {
             let timeout = chrono::Duration::from_std(policy.step_timeout).unwrap_or_default();
@@ -356,3 +393,6 @@ pub fn is_saga_reply(event: &Event) -> bool {
             | Event::PaymentVoided(_)
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@
 use super::machine::{SagaPolicy, SagaState};
 use super::placement::Placement;
 use super::repo::OrderRepoMsg;
-use super::saga::{OrderSaga, SagaArgs, SagaError, SagaMsg};
+use super::saga::{OrderSaga, SagaArgs, SagaClock, SagaError, SagaMsg};
 use crate::events::Envelope;
 use crate::outbox::OutboxNotifier;
 use crate::rpc::ask;
@@ -282,6 +282,7 @@ async fn spawn_saga(
             outbox: state.args.outbox.clone(),
             policy: state.args.policy,
             placement: state.args.placement.clone(),
+            clock: SagaClock::Wall,
         },
         myself.get_cell(),
     )
