@@ -10,8 +10,6 @@ use shop_actors::kafka::KafkaSettings;
 use std::time::Duration;
 use uuid::Uuid;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
 fn kafka(app: &TestApp) -> KafkaSettings {
     app.kafka_settings()
 }
