@@ -1,7 +1,7 @@
 //! Bearer tokens: a customer sees only their own orders, over REST and over
 //! WebSocket; bad tokens get 401; customers cannot write products.
 
-use crate::helpers::{admin_token, spawn_app, token, JWT_SECRET};
+use crate::helpers::{admin_token, spawn_app, token, websocket_upgrade, JWT_SECRET};
 use serde_json::{json, Value};
 use shop::auth::{Authenticator, Role};
 use std::time::{Duration, SystemTime};
@@ -9,6 +9,26 @@ use uuid::Uuid;
 
 fn customer(name: &str) -> String {
     token(name, Role::Customer)
+}
+
+/// An admin token of ours that expired an hour ago.
+fn expired_token() -> String {
+    Authenticator::from_secret(JWT_SECRET.as_bytes())
+        .unwrap()
+        .mint_expiring(
+            "alice",
+            Role::Admin,
+            SystemTime::now() - Duration::from_secs(3600),
+        )
+        .unwrap()
+}
+
+/// A valid-looking admin token signed with another secret.
+fn foreign_token() -> String {
+    Authenticator::from_secret(b"some-other-issuer-some-other-issuer!!")
+        .unwrap()
+        .mint("alice", Role::Admin, Duration::from_secs(60))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -113,18 +133,7 @@ async fn customers_see_only_their_own_orders() {
 async fn missing_expired_malformed_and_foreign_tokens_get_401() {
     let app = spawn_app().await;
     let http = reqwest::Client::new();
-    let signer = Authenticator::from_secret(JWT_SECRET.as_bytes()).unwrap();
-    let expired = signer
-        .mint_expiring(
-            "alice",
-            Role::Admin,
-            SystemTime::now() - Duration::from_secs(3600),
-        )
-        .unwrap();
-    let foreign = Authenticator::from_secret(b"some-other-issuer-some-other-issuer!!")
-        .unwrap()
-        .mint("alice", Role::Admin, Duration::from_secs(60))
-        .unwrap();
+    let (expired, foreign) = (expired_token(), foreign_token());
     let bad_tokens: [(&str, Option<&str>); 4] = [
         ("missing", None),
         ("expired", Some(&expired)),
@@ -177,6 +186,55 @@ async fn missing_expired_malformed_and_foreign_tokens_get_401() {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_offered_as_the_bearer_subprotocol_get_401() {
+    // What a browser sends: it cannot set `Authorization` on a WebSocket,
+    // so the token travels as the subprotocol `bearer.<token>`, offered
+    // beside `shop.v1`. A bad one is refused before the upgrade, exactly as
+    // over `Authorization`.
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/ws", app.ws_url.replace("ws://", "http://"));
+    let (expired, foreign) = (expired_token(), foreign_token());
+    let offers = [
+        ("no", "shop.v1".to_owned()),
+        ("an empty", "shop.v1, bearer.".to_owned()),
+        ("a malformed", "shop.v1, bearer.not-a-jwt".to_owned()),
+        ("an expired", format!("shop.v1, bearer.{expired}")),
+        ("a wrongly signed", format!("shop.v1, bearer.{foreign}")),
+    ];
+    for (what, offer) in offers {
+        let response = websocket_upgrade(&http, &url)
+            .header("sec-websocket-protocol", offer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{what} token in the subprotocol");
+        assert_eq!(
+            response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer"),
+            "{what} token in the subprotocol"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized", "{what} token: {body}");
+    }
+    // The same handshake with a good token is upgraded, and its session
+    // answers: the refusals above were the tokens'.
+    let good = format!("shop.v1, bearer.{}", customer("alice"));
+    let upgraded = websocket_upgrade(&http, &url)
+        .header("sec-websocket-protocol", good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upgraded.status(), 101);
+    let mut ws = app.websocket_as("/ws", &customer("alice")).await;
+    assert_eq!(ws.until_barrier().await, Vec::<Value>::new());
     app.teardown().await;
 }
 

@@ -748,3 +748,119 @@ pub async fn accepted_order_id(response: reqwest::Response, what: &str) -> Uuid 
         .parse()
         .expect("uuid")
 }
+
+impl WsClient {
+    /// Every message the gateway sent this client before it answered a
+    /// barrier: a request the connection answers by itself (unsubscribing
+    /// from an order it never followed, whose `unsubscribed` names it).
+    /// The connection handles its mailbox in order and writes each message
+    /// before the next, so a push it was handed before the request (a leak,
+    /// a duplicate) comes first; messages already read and kept for later
+    /// count too. A closed socket never answers, so it fails here instead
+    /// of passing for a quiet one. A ping would not do: tungstenite answers
+    /// it from the reader, ahead of whatever the connection has queued.
+    pub async fn until_barrier(&mut self) -> Vec<Value> {
+        let barrier = Uuid::new_v4();
+        self.send_json(&json!({"type": "unsubscribe", "order_id": barrier}))
+            .await;
+        let mut before = std::mem::take(&mut self.unread);
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(15), self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("the barrier was not answered; saw {before:?}"));
+            let text = match frame {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => text,
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    panic!("closed ({frame:?}) before answering the barrier; saw {before:?}")
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => panic!("socket failed before the barrier: {error}"),
+                None => panic!("socket closed before answering the barrier; saw {before:?}"),
+            };
+            let message: Value = serde_json::from_str(&text).expect("gateway sends JSON");
+            if message["type"] == "unsubscribed" && message["order_id"] == json!(barrier) {
+                return before;
+            }
+            before.push(message);
+        }
+    }
+}
+
+/// A digest of every row of every table the services own (schemas
+/// `orders`, `product` and `payment`), per table with its row count: equal
+/// digests mean no row was written, changed or deleted in between, every
+/// column (timestamps included) compared. The fault suite's snapshot
+/// (`tests/faults/snapshot.rs`) reads its tables the same way.
+pub async fn table_digests(
+    db: &tokio_postgres::Client,
+) -> std::collections::BTreeMap<String, String> {
+    let tables = db
+        .query(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables
+             WHERE table_schema IN ('orders', 'product', 'payment') AND table_type = 'BASE TABLE'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list tables");
+    let mut digests = std::collections::BTreeMap::new();
+    for table in &tables {
+        let name: String = table.get(0);
+        let row = db
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '')
+                     FROM {name} t"
+                ),
+                &[],
+            )
+            .await
+            .expect("digest a table");
+        let (rows, md5): (i64, String) = (row.get(0), row.get(1));
+        digests.insert(name, format!("{rows} rows, md5 {md5}"));
+    }
+    digests
+}
+
+/// The high watermark (the offset the next message will get) of every
+/// partition of every topic of `kafka`, by topic and partition: how much
+/// was ever published there, which a relay deleting its published outbox
+/// rows does not hide. Blocking.
+pub fn high_watermarks(
+    kafka: &shop_actors::kafka::KafkaSettings,
+) -> std::collections::BTreeMap<(String, i32), i64> {
+    use rdkafka::consumer::Consumer;
+    let timeout = Duration::from_secs(10);
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", kafka.group("watermark-reader"))
+        .create()
+        .expect("consumer");
+    let mut highs = std::collections::BTreeMap::new();
+    for topic in shop_actors::events::topics::ALL {
+        let topic = kafka.topic(topic);
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .expect("metadata");
+        for partition in metadata.topics()[0].partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition.id(), timeout)
+                .expect("watermarks");
+            highs.insert((topic.clone(), partition.id()), high);
+        }
+    }
+    highs
+}
+
+/// The entries of two maps that differ, one line each: an assertion
+/// message that names what changed.
+pub fn differences<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    before: &std::collections::BTreeMap<K, V>,
+    after: &std::collections::BTreeMap<K, V>,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&K> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|key| before.get(key) != after.get(key))
+        .map(|key| format!("{key:?}: {:?} -> {:?}", before.get(key), after.get(key)))
+        .collect()
+}

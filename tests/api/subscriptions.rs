@@ -2,7 +2,7 @@
 //! catch-up from `last_seq` with no gap and no duplicate, a customer's own
 //! orders, heartbeats, slow consumers, shutdown, and gateway replicas.
 
-use crate::helpers::{spawn_app_with, statuses, token, Options, WsClient};
+use crate::helpers::{postgres_base, spawn_app_with, statuses, token, Options, TestApp, WsClient};
 use futures::future::join_all;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -25,30 +25,59 @@ fn seqs(messages: &[Value]) -> Vec<i64> {
         .collect()
 }
 
+/// Holds every payment decision until the returned session rolls back: it
+/// locks `payment.authorizations` against writes, and the payment service
+/// records its decision there in the transaction of its reply, so no order
+/// gets past INVENTORY_RESERVED (seq 2) meanwhile.
+async fn hold_payments(app: &TestApp) -> tokio_postgres::Client {
+    let url = format!("{}/{}", postgres_base(), app.db_name);
+    let (holder, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE payment.authorizations IN SHARE MODE")
+        .await
+        .unwrap();
+    holder
+}
+
 #[tokio::test]
 async fn subscribing_gives_a_snapshot_then_every_later_update_once() {
-    let app = spawn_app_with(Options {
-        payment_latency_ms: 800,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(Options::default()).await;
     let product = app.create_product(10).await;
+    // The snapshot is taken while payment is held, so the order's last two
+    // statuses can only come as updates.
+    let held = hold_payments(&app).await;
     let order_id = app.order(product, 1, "tok_visa").await;
     let mut ws = app
         .websocket_as("/ws", &token("alice", Role::Customer))
         .await;
     ws.send_json(&json!({"type": "subscribe", "order_id": order_id}))
         .await;
-    let messages = until_terminal(&mut ws, order_id).await;
-    assert_eq!(messages[0]["type"], "snapshot", "{messages:?}");
-    assert!(messages[1..].iter().all(|m| m["type"] == "update"));
+    let snapshot = ws.wait_for("snapshot").await;
+    assert_eq!(ws.wait_for("subscribed").await["seq"], snapshot["seq"]);
+    held.batch_execute("ROLLBACK").await.unwrap();
+    let mut messages = vec![snapshot];
+    messages.extend(until_terminal(&mut ws, order_id).await);
     let first = messages[0]["seq"].as_i64().unwrap();
+    assert!(
+        (1..=2).contains(&first),
+        "the snapshot came before the payment: {messages:?}"
+    );
+    assert!(messages[1..].iter().all(|m| m["type"] == "update"));
     assert_eq!(
         seqs(&messages),
         (first..=4).collect::<Vec<_>>(),
         "no gap, no duplicate"
     );
-    assert_eq!(messages.last().unwrap()["status"], "CONFIRMED");
+    assert_eq!(
+        statuses(&messages[messages.len() - 2..]),
+        ["PAYMENT_AUTHORIZED", "CONFIRMED"]
+    );
+    // Nothing follows the final update: no duplicate.
+    let more = ws.until_barrier().await;
+    assert!(more.is_empty(), "{more:?}");
     // Unsubscribing is acknowledged.
     ws.send_json(&json!({"type": "unsubscribe", "order_id": order_id}))
         .await;
@@ -92,8 +121,11 @@ async fn reconnecting_with_last_seq_gets_exactly_the_missed_updates() {
         ["INVENTORY_RESERVED", "COMPENSATING", "REJECTED"]
     );
     assert_eq!(missed[2]["reason"], "PAYMENT_DECLINED");
-    // Nothing else follows: no duplicate of what was just sent.
-    assert!(ws.next_json(Duration::from_millis(500)).await.is_none());
+    // Nothing else follows: no duplicate of what was just sent (the watcher
+    // saw the end before this connection opened, so no live update of the
+    // order is still to come).
+    let more = ws.until_barrier().await;
+    assert!(more.is_empty(), "{more:?}");
     // A bad request is answered, and the connection stays usable.
     ws.send_json(&json!({"type": "subscribe"})).await;
     assert_eq!(ws.wait_for("error").await["error"], "bad_request");
@@ -111,6 +143,8 @@ async fn mine_follows_every_order_of_the_caller_and_no_other() {
         .websocket_as("/ws", &token("alice", Role::Customer))
         .await;
     ws.subscribe_mine().await;
+    let mut bobs = app.websocket_as("/ws", &token("bob", Role::Customer)).await;
+    bobs.subscribe_mine().await;
     let place = |customer: &'static str| {
         app.place_order_as(
             customer,
@@ -123,10 +157,13 @@ async fn mine_follows_every_order_of_the_caller_and_no_other() {
         let updates = until_terminal(&mut ws, *order).await;
         assert_eq!(seqs(&updates), [1, 2, 3, 4]);
     }
-    app.wait_terminal(theirs).await;
-    while let Some(message) = ws.next_json(Duration::from_millis(500)).await {
-        assert_ne!(message["order_id"], json!(theirs), "leaked {message}");
-    }
+    // Bob has his order's end: the hub has handed each of its updates to
+    // everyone it meant them for (all its followers in one step), so
+    // anything leaked to alice is queued ahead of the barrier's answer.
+    let his = until_terminal(&mut bobs, theirs).await;
+    assert_eq!(seqs(&his), [1, 2, 3, 4]);
+    let leaked = ws.until_barrier().await;
+    assert!(leaked.is_empty(), "leaked {leaked:?}");
     app.teardown().await;
 }
 
@@ -154,7 +191,8 @@ async fn silent_clients_are_closed_and_listening_ones_kept() {
             "nothing to say"
         );
     }
-    assert!(listening.is_open().await, "a client answering pings stays");
+    // A client answering pings stays: it is still answered.
+    assert_eq!(listening.until_barrier().await, Vec::<Value>::new());
     let close = silent.close_frame().await;
     assert_eq!(close, Some((CloseCode::Normal, "idle timeout".to_owned())));
     app.teardown().await;
@@ -250,15 +288,6 @@ async fn a_client_on_either_gateway_replica_gets_every_update() {
 }
 
 impl WsClient {
-    /// Whether the connection is still open (a ping is answered).
-    async fn is_open(&mut self) -> bool {
-        use futures::SinkExt;
-        self.socket_mut()
-            .send(Message::Ping(Vec::new().into()))
-            .await
-            .is_ok()
-    }
-
     /// Reads until the server's close frame; its code and reason.
     async fn close_frame(&mut self) -> Option<(CloseCode, String)> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -281,6 +310,7 @@ impl WsClient {
 async fn stock_changes_reach_every_client_following_stock() {
     let app = spawn_app_with(Options::default()).await;
     let product = app.create_product(5).await;
+    let mut everything = app.websocket("/ws").await;
     let mut ws = app
         .websocket_as("/ws", &token("carol", Role::Customer))
         .await;
@@ -301,7 +331,13 @@ async fn stock_changes_reach_every_client_following_stock() {
         levels.push(message["stock"].as_i64().unwrap());
     }
     assert_eq!(levels, [3, 2, 3]);
-    // Order updates are not part of it.
-    assert!(ws.next_json(Duration::from_millis(300)).await.is_none());
+    // Order updates are not part of it: once an admin following every
+    // order has both ends, the hub has handed out each of their updates,
+    // and none is queued for carol ahead of the barrier's answer.
+    for order in [confirmed, declined] {
+        everything.statuses_until_terminal(order).await;
+    }
+    let leaked = ws.until_barrier().await;
+    assert!(leaked.is_empty(), "leaked {leaked:?}");
     app.teardown().await;
 }
