@@ -760,10 +760,21 @@ impl WsClient {
     /// of passing for a quiet one. A ping would not do: tungstenite answers
     /// it from the reader, ahead of whatever the connection has queued.
     pub async fn until_barrier(&mut self) -> Vec<Value> {
+        use futures::SinkExt;
         let barrier = Uuid::new_v4();
-        self.send_json(&json!({"type": "unsubscribe", "order_id": barrier}))
-            .await;
         let mut before = std::mem::take(&mut self.unread);
+        let request = json!({"type": "unsubscribe", "order_id": barrier}).to_string();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(15),
+            self.socket
+                .send(tokio_tungstenite::tungstenite::Message::text(request)),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => panic!("the barrier could not be sent: {error}; saw {before:?}"),
+            Err(_) => panic!("the barrier could not be sent in time; saw {before:?}"),
+        }
         loop {
             let frame = tokio::time::timeout(Duration::from_secs(15), self.socket.next())
                 .await

@@ -59,7 +59,9 @@ async fn subscribing_gives_a_snapshot_then_every_later_update_once() {
     assert_eq!(ws.wait_for("subscribed").await["seq"], snapshot["seq"]);
     held.batch_execute("ROLLBACK").await.unwrap();
     let mut messages = vec![snapshot];
-    messages.extend(until_terminal(&mut ws, order_id).await);
+    // Bounded: the server's pings would keep a read waiting for ever.
+    let later = tokio::time::timeout(Duration::from_secs(30), until_terminal(&mut ws, order_id));
+    messages.extend(later.await.expect("the order's later updates"));
     let first = messages[0]["seq"].as_i64().unwrap();
     assert!(
         (1..=2).contains(&first),
