@@ -242,11 +242,13 @@ async fn unknown_resources_and_bad_queries_are_json_errors() {
 /// must answer `want`.
 async fn until_cached(app: &TestApp, product: uuid::Uuid, want: i64) {
     let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let url = format!("{}/products/{product}", app.product_url);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let read: Value = app.get_json(&url).await;
-        assert_eq!(read["stock"], want, "a read after the change");
+        assert_eq!(
+            app.api_stock(product).await,
+            want,
+            "a read after the change"
+        );
         if crate::helpers::cached_stock(&redis, &app.db_name, product).await == Some(want) {
             return;
         }

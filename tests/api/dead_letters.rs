@@ -147,26 +147,14 @@ async fn a_dead_letter_replayed_once_its_cause_is_fixed_is_handled_once() {
 
     assert_eq!(replayed.len(), 1, "{replayed:?}");
     assert_eq!(replayed[0].payload, command.encode());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let reserved: i64 = app
-            .db
-            .query_one(
-                "SELECT count(*) FROM product.reservations WHERE order_id = $1",
-                &[&order_id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if reserved == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replayed command never reached the product service"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::wait_for_count(
+        &app.db,
+        "SELECT count(*) FROM product.reservations WHERE order_id = $1",
+        order_id,
+        1,
+        "the replayed command never reached the product service",
+    )
+    .await;
     assert_eq!(app.stock(product).await, 8);
 
     let again = dead_letters::replay(&settings, &Selection::All)

@@ -333,26 +333,14 @@ async fn unacknowledged_compensation_ends_failed_and_listed_then_heals() {
     .await;
     // Handled once its id is in the product service's inbox: the stock
     // is read after that, in the same state the command left it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let handled: i64 = order_app
-            .db
-            .query_one(
-                "SELECT count(*) FROM product.processed_events WHERE event_id = $1",
-                &[&late.event_id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if handled == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the late reservation was never handled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::wait_for_count(
+        &order_app.db,
+        "SELECT count(*) FROM product.processed_events WHERE event_id = $1",
+        late.event_id,
+        1,
+        "the late reservation was never handled",
+    )
+    .await;
     assert_eq!(
         product_app.stock(product).await,
         5,

@@ -13,6 +13,30 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// The machine's Redis for tests.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Polls `query` (one row, one count, `$1` = `id`) until it returns `want`.
+pub async fn wait_for_count(
+    db: &tokio_postgres::Client,
+    query: &str,
+    id: Uuid,
+    want: i64,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let count: i64 = db.query_one(query, &[&id]).await.unwrap().get(0);
+        if count == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A port free on loopback now (a process started next may bind it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -261,9 +285,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut settings = Settings::defaults();
     settings.database_url = format!("{}/{db_name}", postgres_base());
     settings.database_pool_size = 8;
-    settings.redis_url = options.redis_url.clone().unwrap_or_else(|| {
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-    });
+    settings.redis_url = options.redis_url.clone().unwrap_or_else(redis_url);
     settings.redis_prefix = db_name.clone();
     settings.http_host = "127.0.0.1".parse().expect("an address");
     settings.order_port = 0;
@@ -378,6 +400,17 @@ impl TestApp {
         assert_eq!(response.status(), 201, "create product");
         let body: Value = response.json().await.expect("json");
         body["id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    /// The product's stock as `GET /products/{id}` answers it (through
+    /// the cache).
+    pub async fn api_stock(&self, product_id: Uuid) -> i64 {
+        let url = format!("{}/products/{product_id}", self.product_url);
+        let response = self.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["stock"]
+            .as_i64()
+            .unwrap()
     }
 
     /// The product's stock, read from Postgres directly.

@@ -18,8 +18,7 @@ fn settings() -> Settings {
     let mut settings = Settings::defaults();
     settings.database_url = format!("{base}/shop");
     settings.database_pool_size = 8;
-    settings.redis_url =
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    settings.redis_url = crate::helpers::redis_url();
     settings.kafka_partitions = Some(3);
     settings.kafka_session_timeout_ms = 6000;
     settings.payment_latency_ms = 0;

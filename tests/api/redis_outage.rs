@@ -114,14 +114,7 @@ async fn every_api_keeps_working_through_a_redis_outage_and_the_cache_refills() 
     })
     .await;
     let product = app.create_product(10).await;
-    let url = format!("{}/products/{product}", app.product_url);
-    let read_stock = || async {
-        let response = app.http.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.json::<Value>().await.unwrap()["stock"]
-            .as_i64()
-            .unwrap()
-    };
+    let read_stock = || app.api_stock(product);
     assert_eq!(read_stock().await, 10);
     // The cache is filled behind the read, so give it a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -280,13 +273,7 @@ async fn entries_that_went_stale_while_redis_was_unreachable_are_never_served() 
     .await;
     let product = app.create_product(10).await;
     let url = format!("{}/products/{product}", app.product_url);
-    let read_stock = || async {
-        let response = app.http.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.json::<Value>().await.unwrap()["stock"]
-            .as_i64()
-            .unwrap()
-    };
+    let read_stock = || app.api_stock(product);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while cached_stock(&redis.url(), &app.db_name, product).await != Some(10) {
         assert_eq!(read_stock().await, 10);
